@@ -1,0 +1,254 @@
+#!/usr/bin/env bash
+# Build the real observability backends for the e2e stack from source, through
+# the Go module proxy, at the versions pinned in helm-config/charts.env (the
+# appVersions of the pinned Helm charts).
+#
+#   tests/e2e/stack/build.sh [COMPONENT...]        build what is missing (default: all)
+#   tests/e2e/stack/build.sh --print-dir COMPONENT print the component's bin directory
+#   tests/e2e/stack/build.sh --print-path BINARY   print a binary's path (built or not)
+#   tests/e2e/stack/build.sh --check [COMPONENT...] exit 0 if all those binaries exist
+#   tests/e2e/stack/build.sh --list                print "component binary path" lines
+#
+# Components and binaries: prometheus (prometheus, promtool), loki (loki),
+# promtail (promtail), tempo (tempo), minio (minio).
+#
+# Binaries go to a cache outside the clone, keyed by version:
+#   ${STACK_BIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/newsgroups-observability/stack-bin}/<component>-<version>/<binary>
+# A binary that is already there is not rebuilt, so a second run is instant.
+# Each binary is linked to a temporary name and renamed into place, so an
+# interrupted build never leaves a partial binary behind.
+#
+# Each component is a tiny Go module in <component>/ (go.mod + go.sum, made by
+# gen-gomod.sh) that requires the upstream module at the pinned version and
+# repeats its remote replace/exclude lines and its full require list, so the
+# dependency versions are exactly the upstream release's. Builds use
+# CGO_ENABLED=0 -trimpath, the upstream build tags (minus Prometheus'
+# `builtinassets`: no web UI, every API works) and the upstream -X version
+# ldflags, so `--version` reports the release. The default GOCACHE/GOMODCACHE
+# are used (under $HOME); GOTOOLCHAIN defaults to `auto` (a go.mod `go` line newer
+# than the installed Go fetches that toolchain through the proxy).
+#
+# Environment: STACK_BIN_DIR (see above), STACK_BUILD_NICE (niceness of the go
+# commands, default 10), GOFLAGS/GOPROXY/GOCACHE/... as usual for go.
+# Cold cost on 2 cores: see the times this script prints (tens of minutes, GBs).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../../.." && pwd)
+charts_env=$repo/helm-config/charts.env
+ALL_COMPONENTS="prometheus loki promtail tempo minio"
+
+die() { echo "build.sh: $*" >&2; exit 1; }
+
+[ -f "$charts_env" ] || die "missing $charts_env"
+# KEY=value lines only (the file is also read by make); ignore anything else.
+while IFS='=' read -r key value; do
+	case $key in '' | \#*) continue ;; esac
+	[[ $key =~ ^[A-Z][A-Z0-9_]*$ ]] || continue
+	printf -v "CHARTS_$key" '%s' "$value"
+done <"$charts_env"
+
+cfg() { # cfg VAR -> value from charts.env, or die
+	local v="CHARTS_$1"
+	[ -n "${!v:-}" ] || die "$1 is not set in $charts_env"
+	printf '%s' "${!v}"
+}
+
+bin_root=${STACK_BIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/newsgroups-observability/stack-bin}
+
+# component -> settings. Sets: module version commit binaries (name=package ...)
+# tags ldflags expect (the module version go.mod must require; a trailing *
+# means "starts with").
+component() {
+	local c=$1 v commit
+	case $c in
+	prometheus)
+		v=$(cfg PROMETHEUS_VERSION) commit=$(cfg PROMETHEUS_COMMIT)
+		module=github.com/prometheus/prometheus
+		binaries="prometheus=$module/cmd/prometheus promtool=$module/cmd/promtool"
+		# Prometheus 3.x.y is published as module version v0.3xx.y.
+		local maj=${v%%.*} rest=${v#*.}
+		expect="v0.$((maj * 100 + ${rest%%.*})).${rest#*.}"
+		tags=netgo # upstream: netgo builtinassets (.promu.yml)
+		local p=github.com/prometheus/common/version
+		ldflags="-X $p.Version=$v -X $p.Revision=$commit -X $p.Branch=HEAD"
+		ldflags+=" -X $p.BuildUser=newsgroups-observability-e2e"
+		;;
+	loki | promtail)
+		if [ "$c" = loki ]; then
+			v=$(cfg LOKI_VERSION) commit=$(cfg LOKI_COMMIT)
+			binaries="loki=github.com/grafana/loki/v3/cmd/loki"
+		else
+			# Promtail left the Loki repo in 3.7.0; 3.5.x still has it.
+			v=$(cfg PROMTAIL_VERSION) commit=$(cfg PROMTAIL_COMMIT)
+			binaries="promtail=github.com/grafana/loki/v3/clients/cmd/promtail"
+		fi
+		module=github.com/grafana/loki/v3
+		expect=v$v
+		tags=netgo # upstream Makefile GO_FLAGS (promtail's journal support needs cgo)
+		local p=github.com/grafana/loki/v3/pkg/util/build
+		ldflags="-X $p.Version=$v -X $p.Revision=${commit:0:10} -X $p.Branch=HEAD"
+		ldflags+=" -X $p.BuildUser=newsgroups-observability-e2e"
+		;;
+	tempo)
+		v=$(cfg TEMPO_VERSION) commit=$(cfg TEMPO_COMMIT)
+		module=github.com/grafana/tempo
+		binaries="tempo=$module/cmd/tempo"
+		# Module path has no /v2, so the v2 tags are not module versions: the
+		# pinned version is the pseudo-version of the tag's commit.
+		expect="*-${commit:0:12}"
+		tags=""
+		ldflags="-X main.Version=$v -X main.Revision=${commit:0:9} -X main.Branch=HEAD"
+		;;
+	minio)
+		v=$(cfg MINIO_VERSION) commit=$(cfg MINIO_COMMIT)
+		module=github.com/minio/minio
+		binaries="minio=$module"
+		# RELEASE.2024-12-18T13-15-44Z -> pseudo-version v0.0.0-20241218131544-<commit12>
+		local ts=${v#RELEASE.}
+		[[ $ts =~ ^([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2})-([0-9]{2})-([0-9]{2})Z$ ]] ||
+			die "MINIO_VERSION '$v' is not RELEASE.YYYY-MM-DDTHH-MM-SSZ"
+		local r=("${BASH_REMATCH[@]}")
+		expect="v0.0.0-${r[1]}${r[2]}${r[3]}${r[4]}${r[5]}${r[6]}-${commit:0:12}"
+		tags=kqueue # upstream Makefile
+		local p=github.com/minio/minio/cmd # as buildscripts/gen-ldflags.go
+		ldflags="-X $p.Version=${r[1]}-${r[2]}-${r[3]}T${r[4]}:${r[5]}:${r[6]}Z -X $p.CopyrightYear=${r[1]}"
+		ldflags+=" -X $p.ReleaseTag=$v -X $p.CommitID=$commit -X $p.ShortCommitID=${commit:0:12}"
+		;;
+	*) die "unknown component '$c' (known: $ALL_COMPONENTS)" ;;
+	esac
+	version=$v
+	dir=$bin_root/$c-$v
+}
+
+component_of_binary() {
+	local c b
+	for c in $ALL_COMPONENTS; do
+		component "$c"
+		for b in $binaries; do [ "${b%%=*}" = "$1" ] && { echo "$c"; return; }; done
+	done
+	die "unknown binary '$1'"
+}
+
+missing_binaries() { # names of this component's binaries that are not built
+	local b out=""
+	for b in $binaries; do [ -x "$dir/${b%%=*}" ] || out+=" ${b%%=*}"; done
+	echo "${out# }"
+}
+
+case ${1:-} in
+--print-dir)
+	[ $# -eq 2 ] || die "usage: build.sh --print-dir COMPONENT"
+	component "$2"
+	echo "$dir"
+	exit 0
+	;;
+--print-path)
+	[ $# -eq 2 ] || die "usage: build.sh --print-path BINARY"
+	component "$(component_of_binary "$2")"
+	echo "$dir/$2"
+	exit 0
+	;;
+--list)
+	for c in $ALL_COMPONENTS; do
+		component "$c"
+		for b in $binaries; do echo "$c ${b%%=*} $dir/${b%%=*}"; done
+	done
+	exit 0
+	;;
+--check)
+	shift
+	rc=0
+	for c in ${@:-$ALL_COMPONENTS}; do
+		component "$c"
+		m=$(missing_binaries)
+		[ -z "$m" ] || { echo "build.sh: not built: $c $version ($m) in $dir" >&2; rc=1; }
+	done
+	exit $rc
+	;;
+-h | --help)
+	sed -n '2,34p' "$0"
+	exit 0
+	;;
+-*) die "unknown option $1 (see --help)" ;;
+esac
+
+# The component module must pin the module version that charts.env implies.
+pinned_module_version() { # -> $have
+	local gomod=$here/$c/go.mod
+	local b pk=""
+	for b in $binaries; do pk+=" ${b#*=}"; done
+	[ -f "$gomod" ] || die "$c: missing $gomod: generate it with
+  $here/gen-gomod.sh $c $module@<module version matching '$expect'>$pk"
+	have=$(awk -v m="$module" '$1 == "require" && $2 == m { print $3; exit }' "$gomod")
+	# shellcheck disable=SC2053 # $expect may be a glob on purpose
+	[[ -n $have && $have == $expect ]] ||
+		die "$c: charts.env says $version, so $gomod must require $module $expect, but it requires '${have:-nothing}'; regenerate it with gen-gomod.sh"
+}
+
+components=${*:-$ALL_COMPONENTS}
+# Validate every requested component before any (long) build starts.
+for c in $components; do
+	component "$c"
+	[ -z "$(missing_binaries)" ] || pinned_module_version
+done
+
+command -v go >/dev/null || die "go is not installed (needs Go >= 1.24 for go.mod tool directives)"
+export CGO_ENABLED=0 GOWORK=off
+export GOTOOLCHAIN=${GOTOOLCHAIN:-auto}
+nice=(nice -n "${STACK_BUILD_NICE:-10}")
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+now() { date +%s; }
+total_start=$(now)
+built_any=0
+for c in $components; do
+	component "$c"
+	missing=$(missing_binaries)
+	if [ -z "$missing" ]; then
+		echo "build.sh: $c $version: up to date ($dir)"
+		continue
+	fi
+
+	mkdir -p "$dir"
+	# One builder per component at a time; a second one waits, then finds it built.
+	exec {lock}>"$dir/.build.lock"
+	if command -v flock >/dev/null; then flock "$lock"; fi
+	missing=$(missing_binaries)
+	[ -n "$missing" ] || { echo "build.sh: $c $version: built by another run"; exec {lock}>&-; continue; }
+
+	pinned_module_version
+	rm -f "$dir"/.*.tmp.* # leftovers of an interrupted build
+	echo "build.sh: $c $version: building $missing ($module $have, go $(go env GOVERSION))"
+	start=$(now)
+	pkgs=()
+	for b in $binaries; do [[ " $missing " == *" ${b%%=*} "* ]] && pkgs+=("${b#*=}"); done
+	# 1. fetch and verify the module sources (only the packages the build needs)
+	if ! (cd "$here/$c" && "${nice[@]}" go list -mod=readonly -deps "${pkgs[@]}" >/dev/null); then
+		die "$c: FAILED to download the modules of ${pkgs[*]} (see the go error above)"
+	fi
+	fetched=$(now)
+	# 2. compile and link each binary to a temp name, then rename into place
+	for b in $binaries; do
+		name=${b%%=*} pkg=${b#*=}
+		[[ " $missing " == *" $name "* ]] || continue
+		tmp=$(mktemp "$dir/.$name.tmp.XXXXXX")
+		trap 'rm -f "$tmp"' EXIT
+		if ! (cd "$here/$c" && "${nice[@]}" go build -mod=readonly -trimpath -tags "$tags" \
+			-ldflags "-s -w $ldflags" -o "$tmp" "$pkg"); then
+			rm -f "$tmp"
+			die "$c: FAILED to build $name from $pkg (see the go error above)"
+		fi
+		chmod 0755 "$tmp"
+		mv -f "$tmp" "$dir/$name"
+		trap - EXIT
+	done
+	end=$(now)
+	exec {lock}>&-
+	built_any=1
+	echo "build.sh: $c $version: built $missing in $((end - start))s (modules $((fetched - start))s, compile $((end - fetched))s) -> $dir"
+done
+if [ $built_any = 1 ]; then
+	echo "build.sh: done in $(($(now) - total_start))s"
+fi

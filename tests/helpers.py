@@ -1,0 +1,144 @@
+"""Shared test helpers: where the shared data lives, polling, and a real `bentoml serve` subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import requests
+import yaml
+
+from newsgroups_classifier.deploy import local_bentoml_config, shipped_service_env
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("NEWSGROUPS_SHARED", REPO.parent / "shared")).resolve()
+ARCHIVE = SHARED / "data" / "20newsgroups" / "20news-bydate.tar.gz"
+SERVICE = "newsgroups_classifier.service:NewsgroupsClassifier"
+T = TypeVar("T")
+
+
+def poll_until(check: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.2, what: str = "") -> T:
+    """Call `check` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except Exception as exc:  # the thing polled may not be up yet
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what or check}; last error: {last_error}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tail(path: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"(no log: {exc})"
+
+
+@dataclass
+class Server:
+    """A `bentoml serve` subprocess on 127.0.0.1 with its own BentoML home and a log file for stdout."""
+
+    home: Path
+    port: int
+    log_path: Path
+    process: subprocess.Popen
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_lines(self) -> list[str]:
+        return self.log_path.read_text(errors="replace").splitlines()
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(
+    models_home: Path,
+    workdir: Path,
+    otlp_endpoint: str | None = None,
+    protocol: str | None = None,
+    sample_rate: float | None = None,
+    env: dict[str, str] | None = None,
+    stdout_path: Path | None = None,
+    timeout: float = 90,
+) -> Server:
+    """Start the service with the shipped configuration (only OTLP endpoint and sampling rewritten).
+
+    Each server gets its own BentoML home (BentoML wipes its metrics folder at start), sharing the
+    trained models of `models_home`.
+    """
+    home = workdir / f"home-{free_port()}"
+    home.mkdir(parents=True)
+    (home / "models").symlink_to(models_home / "models")
+    config_path = home / "bentoml.yaml"
+    config_path.write_text(yaml.safe_dump(local_bentoml_config(otlp_endpoint, protocol, sample_rate)))
+    port = free_port()
+    log_path = stdout_path or home / "stdout.log"
+    full_env = {
+        **os.environ,
+        **shipped_service_env(),
+        "BENTOML_HOME": str(home),
+        "BENTOML_CONFIG": str(config_path),
+        "BENTOML_DO_NOT_TRACK": "true",
+        **(env or {}),
+    }
+    bentoml = str(Path(sys.executable).with_name("bentoml"))
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [bentoml, "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=home, start_new_session=True,
+        )
+    server = Server(home=home, port=port, log_path=log_path, process=process, env=full_env)
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"bentoml serve exited with {process.returncode}:\n{tail(log_path)}")
+        return requests.get(f"{server.url}/readyz", timeout=2).status_code == 200
+
+    try:
+        poll_until(ready, timeout=timeout, what="the service to be ready")
+    except AssertionError as exc:
+        server.stop()
+        raise AssertionError(f"{exc}\n--- service log ---\n{tail(log_path)}") from None
+    return server
+
+
+def train_cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the training command, as `make train` does, with its own BentoML home."""
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
+    result = subprocess.run(
+        [sys.executable, "-m", "newsgroups_classifier.training", *args],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"training failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
