@@ -25,7 +25,9 @@ SERVICE = "newsgroups_classifier.service:NewsgroupsClassifier"
 T = TypeVar("T")
 
 
-def poll_until(check: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.2, what: str = "") -> T:
+def poll_until(
+    check: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.2, what: str = ""
+) -> T:
     """Call `check` until it returns something truthy; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
@@ -115,7 +117,11 @@ def start_server(
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [bentoml, "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=home, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=home,
+            start_new_session=True,
         )
     server = Server(home=home, port=port, log_path=log_path, process=process, env=full_env)
 
@@ -137,7 +143,10 @@ def train_cli(home: Path, *args: str, check: bool = True) -> subprocess.Complete
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
     result = subprocess.run(
         [sys.executable, "-m", "newsgroups_classifier.training", *args],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"training failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")

@@ -28,14 +28,18 @@ class Settings:
     log_text: str = field(default_factory=lambda: os.environ.get("LOG_TEXT", "none"))
     log_text_chars: int = field(default_factory=lambda: _int("LOG_TEXT_CHARS", 200))
     feedback_signing_key: str = field(default_factory=lambda: os.environ.get("FEEDBACK_SIGNING_KEY", ""))
-    feedback_max_age_seconds: int = field(default_factory=lambda: _int("FEEDBACK_MAX_AGE_SECONDS", 7 * 24 * 3600))
+    feedback_max_age_seconds: int = field(
+        default_factory=lambda: _int("FEEDBACK_MAX_AGE_SECONDS", 7 * 24 * 3600)
+    )
     environment: str = field(default_factory=lambda: os.environ.get("DEPLOYMENT_ENVIRONMENT", "local"))
     pod_name: str = field(default_factory=lambda: os.environ.get("POD_NAME", ""))
     pod_namespace: str = field(default_factory=lambda: os.environ.get("POD_NAMESPACE", ""))
 
     def __post_init__(self) -> None:
         if self.log_text not in TEXT_LOGGING_MODES:
-            raise ValueError(f"LOG_TEXT must be one of {', '.join(TEXT_LOGGING_MODES)}, got {self.log_text!r}")
+            raise ValueError(
+                f"LOG_TEXT must be one of {', '.join(TEXT_LOGGING_MODES)}, got {self.log_text!r}"
+            )
         for name in ("max_body_bytes", "max_batch_size", "feedback_max_age_seconds", "workers"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.upper()} must be positive")

@@ -65,8 +65,9 @@ def validate_categories(categories: list[str] | tuple[str, ...]) -> tuple[str, .
 def build_cache_from_archive(archive: Path, data_home: Path) -> Path:
     """Build scikit-learn's cache file from the by-date archive, exactly as its downloader does."""
     if not archive.is_file():
-        raise DataUnavailableError(f"the archive {archive} does not exist; set {ARCHIVE_ENV} to the path of "
-                                   "20news-bydate.tar.gz")
+        raise DataUnavailableError(
+            f"the archive {archive} does not exist; set {ARCHIVE_ENV} to the path of 20news-bydate.tar.gz"
+        )
     data_home.mkdir(parents=True, exist_ok=True)
     cache_path = data_home / CACHE_NAME
     if cache_path.exists():

@@ -48,7 +48,9 @@ def local_bentoml_config(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--otlp-endpoint", help="e.g. http://127.0.0.1:4317 (grpc) or http://127.0.0.1:4318/v1/traces")
+    parser.add_argument(
+        "--otlp-endpoint", help="e.g. http://127.0.0.1:4317 (grpc) or http://127.0.0.1:4318/v1/traces"
+    )
     parser.add_argument("--protocol", choices=("grpc", "http"))
     parser.add_argument("--sample-rate", type=float)
     parser.add_argument("--output", type=Path, required=True)

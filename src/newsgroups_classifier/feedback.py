@@ -55,7 +55,9 @@ class PredictionIdSigner:
         if not dot or not encoded or not signature or len(prediction_id) > 512:
             raise FeedbackError("malformed_id", "prediction_id is malformed: expected <payload>.<signature>")
         if not hmac.compare_digest(signature, self._sign(encoded)):
-            raise FeedbackError("unknown_id", "prediction_id is unknown: its signature does not match this service")
+            raise FeedbackError(
+                "unknown_id", "prediction_id is unknown: its signature does not match this service"
+            )
         try:
             version, label, issued, nonce = _unb64(encoded).decode().split("|")
             ref = PredictionRef(version, label, int(issued), nonce)
@@ -64,8 +66,9 @@ class PredictionIdSigner:
         age = (now or time.time()) - ref.issued_at
         if age > self._max_age:
             raise FeedbackError(
-                "expired_id", f"prediction_id expired: issued {int(age)} s ago, feedback is accepted for "
-                f"{self._max_age} s", status=410,
+                "expired_id",
+                f"prediction_id expired: issued {int(age)} s ago, feedback is accepted for {self._max_age} s",
+                status=410,
             )
         return ref
 
@@ -74,7 +77,7 @@ class PredictionIdSigner:
 
 
 def signing_key(configured: str, home: Path) -> bytes:
-    """The configured key (a Kubernetes Secret), or one generated once per local home, shared by its workers."""
+    """The configured key (a Kubernetes Secret), or one generated once per local home for its workers."""
     if configured:
         return configured.encode()
     path = home / "feedback-signing.key"
@@ -108,7 +111,8 @@ class SeenIds:
         try:
             self._db.execute("INSERT INTO seen VALUES (?, ?)", (ref.nonce, ref.issued_at))
         except sqlite3.IntegrityError as exc:
-            raise FeedbackError("duplicate_id", "feedback for this prediction_id was already recorded",
-                                status=409) from exc
+            raise FeedbackError(
+                "duplicate_id", "feedback for this prediction_id was already recorded", status=409
+            ) from exc
         # Ids past their age are rejected before they get here, so their rows can go.
         self._db.execute("DELETE FROM seen WHERE issued_at < ?", (int(time.time()) - self._max_age,))

@@ -66,7 +66,9 @@ def _text(value: object, where: str) -> str:
 
 def _json_object(body: bytes, media_type: str, fields: tuple[str, ...]) -> dict:
     if media_type != JSON_TYPE:
-        raise Rejection(415, "unsupported_media_type", f"send {JSON_TYPE}, not {media_type or 'no content type'}")
+        raise Rejection(
+            415, "unsupported_media_type", f"send {JSON_TYPE}, not {media_type or 'no content type'}"
+        )
     data = _json(body)
     if not isinstance(data, dict) or set(fields) - set(data):
         raise Rejection(422, "invalid_field", f"expected a JSON object with the fields {', '.join(fields)}")
@@ -82,7 +84,8 @@ def predict_body(body: bytes, media_type: str, charset: str, _limit: int) -> dic
             raise Rejection(422, "invalid_field", 'expected a JSON object {"text": "..."}')
         return {"text": _text(data["text"], "text")}
     raise Rejection(
-        415, "unsupported_media_type",
+        415,
+        "unsupported_media_type",
         f"content type {media_type!r} is not supported: send text/plain, application/x-www-form-urlencoded "
         "(raw text, as curl --data does) or application/json",
     )
@@ -134,10 +137,17 @@ class RequestGuard:
             canonical = json.dumps(parse(body, media_type, charset, self.max_batch_size)).encode()
         except Rejection as rejection:
             count_rejection(endpoint, rejection.reason)
-            return await send_json(send, rejection.status, {"error": rejection.message, "reason": rejection.reason})
+            return await send_json(
+                send, rejection.status, {"error": rejection.message, "reason": rejection.reason}
+            )
         scope = dict(scope)
-        scope["headers"] = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")]
-        scope["headers"] += [(b"content-type", JSON_TYPE.encode()), (b"content-length", str(len(canonical)).encode())]
+        scope["headers"] = [
+            (k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")
+        ]
+        scope["headers"] += [
+            (b"content-type", JSON_TYPE.encode()),
+            (b"content-length", str(len(canonical)).encode()),
+        ]
         sent = False
 
         async def replay():
@@ -171,7 +181,9 @@ class RequestGuard:
     async def _openmetrics(self, send) -> None:
         import anyio.to_thread
 
-        body = await anyio.to_thread.run_sync(openmetrics_exposition, Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
+        body = await anyio.to_thread.run_sync(
+            openmetrics_exposition, Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        )
         await send_bytes(send, 200, body, f"{OPENMETRICS_TYPE}; version=1.0.0; charset=utf-8")
 
 
@@ -180,9 +192,14 @@ async def send_json(send, status: int, payload: dict) -> None:
 
 
 async def send_bytes(send, status: int, body: bytes, content_type: str) -> None:
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type.encode()),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -36,7 +36,9 @@ SIGNAL_HISTOGRAMS = {
 }
 
 # Module level: the middleware counts rejections before any service instance exists.
-REJECTED = Counter(f"{PREFIX}_rejected_requests", "Requests rejected with a 4xx, by reason", ["endpoint", "reason"])
+REJECTED = Counter(
+    f"{PREFIX}_rejected_requests", "Requests rejected with a 4xx, by reason", ["endpoint", "reason"]
+)
 
 
 def count_rejection(endpoint: str, reason: str) -> None:
@@ -49,44 +51,71 @@ class ServiceMetrics:
     def __init__(self, model_name: str, model_version: str, classes: list[str], baseline: dict):
         self.version = model_version
         labels = ["model_version"]
-        self.predictions = Counter(f"{PREFIX}_predictions", "Predictions by predicted label", [*labels, "label"])
-        self.empty_inputs = Counter(f"{PREFIX}_empty_inputs", "Predictions on inputs with no known token", labels)
+        self.predictions = Counter(
+            f"{PREFIX}_predictions", "Predictions by predicted label", [*labels, "label"]
+        )
+        self.empty_inputs = Counter(
+            f"{PREFIX}_empty_inputs", "Predictions on inputs with no known token", labels
+        )
         self.feedback = Counter(
-            f"{PREFIX}_feedback", "Ground truth received, by predicted and true label",
+            f"{PREFIX}_feedback",
+            "Ground truth received, by predicted and true label",
             [*labels, "predicted_label", "true_label"],
         )
         self.inference_seconds = Histogram(
-            f"{PREFIX}_inference_duration_seconds", "Time spent in the prediction handler (exemplars: trace_id)",
-            ["endpoint", *labels], buckets=INFERENCE_BUCKETS,
+            f"{PREFIX}_inference_duration_seconds",
+            "Time spent in the prediction handler (exemplars: trace_id)",
+            ["endpoint", *labels],
+            buckets=INFERENCE_BUCKETS,
         )
         self.signal_histograms = {
-            signal: Histogram(f"{PREFIX}_{name}", help_text, labels,
-                              buckets=baseline["histograms"][signal]["edges"])
+            signal: Histogram(
+                f"{PREFIX}_{name}", help_text, labels, buckets=baseline["histograms"][signal]["edges"]
+            )
             for signal, (name, help_text) in SIGNAL_HISTOGRAMS.items()
         }
         self._publish_baseline(model_name, classes, baseline)
         self._precreate(classes)
 
     def _publish_baseline(self, model_name: str, classes: list[str], baseline: dict) -> None:
-        info = Gauge(f"{PREFIX}_model_info", "The model being served (value 1)", ["model_name", "model_version"],
-                     multiprocess_mode="max")
+        info = Gauge(
+            f"{PREFIX}_model_info",
+            "The model being served (value 1)",
+            ["model_name", "model_version"],
+            multiprocess_mode="max",
+        )
         info.labels(model_name=model_name, model_version=self.version).set(1)
-        share = Gauge(f"{PREFIX}_baseline_class_share", "Share of each predicted class on held-out data",
-                      ["model_version", "label"], multiprocess_mode="max")
+        share = Gauge(
+            f"{PREFIX}_baseline_class_share",
+            "Share of each predicted class on held-out data",
+            ["model_version", "label"],
+            multiprocess_mode="max",
+        )
         for label in classes:
             share.labels(model_version=self.version, label=label).set(baseline["class_share"][label])
-        Gauge(f"{PREFIX}_baseline_empty_share", "Share of held-out inputs with no known token",
-              ["model_version"], multiprocess_mode="max").labels(self.version).set(baseline["empty_share"])
-        cdf = Gauge(f"{PREFIX}_baseline_cdf",
-                    "Held-out share at or below each bucket edge of the signal's histogram (le as in its buckets)",
-                    ["model_version", "signal", "le"], multiprocess_mode="max")
+        Gauge(
+            f"{PREFIX}_baseline_empty_share",
+            "Share of held-out inputs with no known token",
+            ["model_version"],
+            multiprocess_mode="max",
+        ).labels(self.version).set(baseline["empty_share"])
+        cdf = Gauge(
+            f"{PREFIX}_baseline_cdf",
+            "Held-out share at or below each bucket edge of the signal's histogram (le as in its buckets)",
+            ["model_version", "signal", "le"],
+            multiprocess_mode="max",
+        )
         for signal in HISTOGRAM_SIGNALS:
             histogram = baseline["histograms"][signal]
             for edge, value in zip(histogram["edges"], histogram["cdf"], strict=True):
                 cdf.labels(model_version=self.version, signal=signal, le=floatToGoString(edge)).set(value)
             cdf.labels(model_version=self.version, signal=signal, le="+Inf").set(1.0)
-        Gauge(f"{PREFIX}_baseline_samples", "Held-out documents the baseline was computed on", ["model_version"],
-              multiprocess_mode="max").labels(self.version).set(baseline["samples"])
+        Gauge(
+            f"{PREFIX}_baseline_samples",
+            "Held-out documents the baseline was computed on",
+            ["model_version"],
+            multiprocess_mode="max",
+        ).labels(self.version).set(baseline["samples"])
 
     def _precreate(self, classes: list[str]) -> None:
         """Every label combination exists from the start, so rates and ratios have no missing series."""

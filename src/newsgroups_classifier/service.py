@@ -96,23 +96,38 @@ class NewsgroupsClassifier:
         try:
             ref = self.signer.verify(prediction_id)
             if label not in self.classes:
-                raise FeedbackError("unknown_label", f"label {label!r} is not one of {', '.join(self.classes)}", 422)
+                raise FeedbackError(
+                    "unknown_label", f"label {label!r} is not one of {', '.join(self.classes)}", 422
+                )
             self.seen.claim(ref)
         except FeedbackError as error:
             count_rejection("feedback", error.reason)
             return JSONResponse({"error": str(error), "reason": error.reason}, status_code=error.status)
         self.metrics.observe_feedback(ref.model_version, ref.label, label)
-        logger.info("feedback", extra={"fields": {
-            "prediction_id": prediction_id, "model_version": ref.model_version,
-            "predicted_label": ref.label, "true_label": label, "correct": ref.label == label,
-        }})
+        logger.info(
+            "feedback",
+            extra={
+                "fields": {
+                    "prediction_id": prediction_id,
+                    "model_version": ref.model_version,
+                    "predicted_label": ref.label,
+                    "true_label": label,
+                    "correct": ref.label == label,
+                }
+            },
+        )
         return {"status": "recorded", "correct": ref.label == label}
 
     def _predict_many(self, texts: list[str], endpoint: str) -> list[Prediction]:
         started = time.perf_counter()
-        with self.tracer.start_as_current_span("inference", attributes={
-            **self.model_attributes, "batch.size": len(texts), "input.length": sum(map(len, texts)),
-        }) as span:
+        with self.tracer.start_as_current_span(
+            "inference",
+            attributes={
+                **self.model_attributes,
+                "batch.size": len(texts),
+                "input.length": sum(map(len, texts)),
+            },
+        ) as span:
             with self.tracer.start_as_current_span("preprocess"):
                 tokens = [tokenize(text) for text in texts]
             with self.tracer.start_as_current_span("vectorize") as vectorize_span:
@@ -131,7 +146,9 @@ class NewsgroupsClassifier:
         self._observe_latency(endpoint, time.perf_counter() - started)
         return results
 
-    def _finish(self, text: str, tokens: list[str], row: np.ndarray, endpoint: str, started: float) -> Prediction:
+    def _finish(
+        self, text: str, tokens: list[str], row: np.ndarray, endpoint: str, started: float
+    ) -> Prediction:
         best = int(np.argmax(row))
         label = self.classes[best]
         observed = signals(tokens, self.vectorizer.vocabulary_, row)
@@ -173,8 +190,11 @@ class NewsgroupsClassifier:
         trace_id, _, sampled = current_ids()
         if sampled:  # an exemplar is only useful when its trace was exported
             self.exemplars.record(
-                self.metrics.inference_seconds._name, {"endpoint": endpoint, "model_version": self.version},
-                bucket_label(seconds, self.metrics.inference_seconds._upper_bounds), seconds, trace_id,
+                self.metrics.inference_seconds._name,
+                {"endpoint": endpoint, "model_version": self.version},
+                bucket_label(seconds, self.metrics.inference_seconds._upper_bounds),
+                seconds,
+                trace_id,
             )
 
 

@@ -145,7 +145,9 @@ class RateLimitFilter(logging.Filter):
         self._last[record.name] = now
         dropped = self._dropped.pop(record.name, 0)
         if dropped:
-            record.msg = f"{record.msg} ({dropped} similar messages suppressed in the last {self._interval:.0f} s)"
+            record.msg = (
+                f"{record.msg} ({dropped} similar messages suppressed in the last {self._interval:.0f} s)"
+            )
         return True
 
 
@@ -244,10 +246,14 @@ def openmetrics_exposition(directory: Path) -> bytes:
                         labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "le"))
                         exemplar = exemplars.get((family.name, labels, sample.labels.get("le")))
                         if exemplar:
-                            sample = Sample(sample.name, sample.labels, sample.value, sample.timestamp, exemplar)
+                            sample = Sample(
+                                sample.name, sample.labels, sample.value, sample.timestamp, exemplar
+                            )
                     samples.append(sample)
                 # OpenMetrics wants each histogram's buckets in order, then its count and sum.
-                family.samples = sorted(samples, key=_histogram_order) if family.type == "histogram" else samples
+                family.samples = (
+                    sorted(samples, key=_histogram_order) if family.type == "histogram" else samples
+                )
                 yield family
 
     return generate_openmetrics(WithExemplars())

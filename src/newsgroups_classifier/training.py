@@ -72,7 +72,9 @@ def drift_baseline(pipeline: Pipeline, split: Split) -> dict:
     probabilities = pipeline.predict_proba(token_lists)
     classes = list(pipeline.classes_)
     vocabulary = pipeline.named_steps["tfidf"].vocabulary_
-    observed = [signals(tokens, vocabulary, row) for tokens, row in zip(token_lists, probabilities, strict=True)]
+    observed = [
+        signals(tokens, vocabulary, row) for tokens, row in zip(token_lists, probabilities, strict=True)
+    ]
     predicted = [classes[i] for i in np.argmax(probabilities, axis=1)]
     return build_baseline(predicted, classes, observed)
 
@@ -105,13 +107,17 @@ def load_extra_data(path: str, classes: tuple[str, ...]) -> Split:
             if label is None or not text:
                 continue  # unlabelled, or exported without text: nothing to learn from
             if label not in classes:
-                raise ValueError(f"{path}:{number}: label {label!r} is not one of the model's classes {classes}")
+                raise ValueError(
+                    f"{path}:{number}: label {label!r} is not one of the model's classes {classes}"
+                )
             texts.append(text)
             labels.append(label)
     return Split(texts=texts, labels=labels)
 
 
-def save(pipeline: Pipeline, config: TrainingConfig, train: Split, report: dict, baseline: dict) -> bentoml.Model:
+def save(
+    pipeline: Pipeline, config: TrainingConfig, train: Split, report: dict, baseline: dict
+) -> bentoml.Model:
     data_fingerprint = fingerprint(train)
     tag = bentoml.Tag(config.model_name, model_version(config, data_fingerprint))
     try:
@@ -168,8 +174,10 @@ def summary(model: bentoml.Model, report: dict) -> str:
             f"before extra data: accuracy {before['accuracy']:.4f}  macro-F1 {before['macro_f1']:.4f}  "
             f"(+{report['extra_samples']} labelled records)"
         )
-    lines.append(f"test split: {report['samples']} documents  accuracy {report['accuracy']:.4f}  "
-                 f"macro-F1 {report['macro_f1']:.4f}")
+    lines.append(
+        f"test split: {report['samples']} documents  accuracy {report['accuracy']:.4f}  "
+        f"macro-F1 {report['macro_f1']:.4f}"
+    )
     lines.append(f"{'class':<24}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
     for label, row in report["per_class"].items():
         lines.append(
@@ -181,18 +189,31 @@ def summary(model: bentoml.Model, report: dict) -> str:
 
 def parse_args(argv: list[str] | None) -> TrainingConfig:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--categories", default=",".join(DEFAULT_CATEGORIES),
-                        help="comma-separated newsgroup names (default: the four rec.* groups)")
-    parser.add_argument("--keep-headers", action="store_true",
-                        help="keep headers, footers and quotes (the service sees bare text, so the default strips them)")
-    parser.add_argument("--min-macro-f1", type=float,
-                        default=float(os.environ.get("MIN_MACRO_F1", DEFAULT_MIN_MACRO_F1)),
-                        help="quality gate: fail when the test macro-F1 is below this (env MIN_MACRO_F1)")
-    parser.add_argument("--data-archive", default=None,
-                        help=f"local 20news-bydate.tar.gz for offline use (env {ARCHIVE_ENV})")
+    parser.add_argument(
+        "--categories",
+        default=",".join(DEFAULT_CATEGORIES),
+        help="comma-separated newsgroup names (default: the four rec.* groups)",
+    )
+    parser.add_argument(
+        "--keep-headers",
+        action="store_true",
+        help="keep headers, footers and quotes (the service sees bare text, so the default strips them)",
+    )
+    parser.add_argument(
+        "--min-macro-f1",
+        type=float,
+        default=float(os.environ.get("MIN_MACRO_F1", DEFAULT_MIN_MACRO_F1)),
+        help="quality gate: fail when the test macro-F1 is below this (env MIN_MACRO_F1)",
+    )
+    parser.add_argument(
+        "--data-archive", default=None, help=f"local 20news-bydate.tar.gz for offline use (env {ARCHIVE_ENV})"
+    )
     parser.add_argument("--data-home", default=None, help="scikit-learn data cache folder")
-    parser.add_argument("--extra-data", default=os.environ.get("EXTRA_DATA") or None,
-                        help="JSON Lines of extra labelled records (text, label), e.g. an export of feedback")
+    parser.add_argument(
+        "--extra-data",
+        default=os.environ.get("EXTRA_DATA") or None,
+        help="JSON Lines of extra labelled records (text, label), e.g. an export of feedback",
+    )
     parser.add_argument("--model-name", default=MODEL_NAME)
     args = parser.parse_args(argv)
     return TrainingConfig(

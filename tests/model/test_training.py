@@ -1,0 +1,110 @@
+"""Training on the real archive: quality gate, evaluation report, reproducibility, drift baseline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+
+from helpers import train_cli
+from newsgroups_classifier.data import load_split
+from newsgroups_classifier.model import tokenize
+from newsgroups_classifier.monitoring import HISTOGRAM_SIGNALS
+
+
+def model_dirs(home: Path) -> list[Path]:
+    return sorted(path for path in (home / "models" / "newsgroups_classifier").iterdir() if path.is_dir())
+
+
+@pytest.fixture(scope="module")
+def model_dir(models_home) -> Path:
+    (directory,) = model_dirs(models_home)
+    return directory
+
+
+def test_meets_the_quality_gate_and_writes_the_report(model_dir):
+    report = json.loads((model_dir / "evaluation.json").read_text())
+    assert report["macro_f1"] >= 0.85
+    assert report["samples"] == 1590
+    assert set(report["per_class"]) == {
+        "rec.autos",
+        "rec.motorcycles",
+        "rec.sport.baseball",
+        "rec.sport.hockey",
+    }
+    matrix = np.array(report["confusion_matrix"]["matrix"])
+    assert matrix.sum() == 1590
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(report["accuracy"])
+
+
+def test_saved_model_loads_back_and_predicts_the_same_labels(model_dir, data_home):
+    report = json.loads((model_dir / "evaluation.json").read_text())
+    pipeline = joblib.load(model_dir / "saved_model.pkl")
+    test = load_split("test", data_home=data_home)
+    predicted = pipeline.predict([tokenize(text) for text in test.texts])
+    labels = report["confusion_matrix"]["labels"]
+    matrix = np.zeros((len(labels), len(labels)), dtype=int)
+    for truth, guess in zip(test.labels, predicted, strict=True):
+        matrix[labels.index(truth), labels.index(guess)] += 1
+    assert matrix.tolist() == report["confusion_matrix"]["matrix"]
+
+
+def test_metadata_records_labels_metrics_fingerprint_and_versions(model_dir):
+    import yaml
+
+    info = yaml.safe_load((model_dir / "model.yaml").read_text())
+    metadata = info["metadata"]
+    assert metadata["labels"] == ["rec.autos", "rec.motorcycles", "rec.sport.baseball", "rec.sport.hockey"]
+    assert len(metadata["training_data_sha256"]) == 64
+    assert metadata["macro_f1"] >= 0.85
+    assert {"scikit_learn", "numpy", "bentoml", "python"} <= set(metadata)
+
+
+def test_same_data_gives_the_same_model(model_dir, tmp_path, archive, data_home):
+    train_cli(tmp_path, "--data-archive", str(archive), "--data-home", str(data_home))
+    (again,) = model_dirs(tmp_path)
+    assert again.name == model_dir.name  # the version is derived from data and settings
+    first, second = joblib.load(model_dir / "saved_model.pkl"), joblib.load(again / "saved_model.pkl")
+    sample = [tokenize(text) for text in load_split("test", data_home=data_home).texts[:200]]
+    assert np.array_equal(first.predict_proba(sample), second.predict_proba(sample))
+
+
+def test_baseline_is_a_valid_reference(model_dir):
+    baseline = json.loads((model_dir / "baseline.json").read_text())
+    assert sum(baseline["class_share"].values()) == pytest.approx(1.0)
+    assert 0 <= baseline["empty_share"] < 0.05
+    assert set(baseline["histograms"]) == set(HISTOGRAM_SIGNALS)
+    for name, histogram in baseline["histograms"].items():
+        edges, cdf = histogram["edges"], histogram["cdf"]
+        assert len(edges) == len(cdf) >= 5, name
+        assert all(a < b for a, b in zip(edges, edges[1:], strict=False)), f"{name} edges must increase"
+        assert all(a <= b for a, b in zip(cdf, cdf[1:], strict=False)), f"{name} CDF must be monotone"
+        assert 0 <= cdf[0] and cdf[-1] <= 1
+
+
+def test_quality_gate_fails_training_and_saves_nothing(tmp_path, archive, data_home):
+    result = train_cli(
+        tmp_path,
+        "--data-archive",
+        str(archive),
+        "--data-home",
+        str(data_home),
+        "--min-macro-f1",
+        "0.99",
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "below the floor 0.99" in result.stderr
+    assert not (tmp_path / "models" / "newsgroups_classifier").exists()
+
+
+def test_keeping_headers_is_a_different_model(model_dir, tmp_path, archive, data_home):
+    result = train_cli(
+        tmp_path, "--data-archive", str(archive), "--data-home", str(data_home), "--keep-headers"
+    )
+    (other,) = model_dirs(tmp_path)
+    assert other.name != model_dir.name
+    assert "macro-F1" in result.stdout

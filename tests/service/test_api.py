@@ -1,0 +1,100 @@
+"""The prediction and feedback API, as users call it."""
+
+from __future__ import annotations
+
+import subprocess
+
+import requests
+
+BASEBALL = "I go to the stadium and watch the pitcher throw strikes while the batter waits for a home run"
+HOCKEY = "The goalie stopped the puck and the Rangers won the playoff game on ice"
+LABELS = {"rec.autos", "rec.motorcycles", "rec.sport.baseball", "rec.sport.hockey"}
+
+
+def predict(url: str, text: str) -> dict:
+    response = requests.post(f"{url}/predict", json={"text": text}, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_curl_form_encoded_raw_text_is_predicted(service):
+    # Exactly what the README tells users to run; curl --data sends application/x-www-form-urlencoded.
+    output = subprocess.run(
+        ["curl", "-sf", "-X", "POST", "--data", BASEBALL, f"{service.url}/predict"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    ).stdout
+    assert '"label":"rec.sport.baseball"' in output
+
+
+def test_text_plain_and_json_give_the_same_prediction(service):
+    plain = requests.post(
+        f"{service.url}/predict",
+        data=HOCKEY.encode(),
+        headers={"Content-Type": "text/plain; charset=utf-8"},
+        timeout=10,
+    ).json()
+    as_json = predict(service.url, HOCKEY)
+    assert plain["label"] == as_json["label"] == "rec.sport.hockey"
+    assert plain["probabilities"] == as_json["probabilities"]
+    assert set(as_json["probabilities"]) == LABELS
+    assert abs(sum(as_json["probabilities"].values()) - 1) < 1e-4
+    assert as_json["confidence"] == max(as_json["probabilities"].values())
+    assert len(as_json["model_version"]) == 16
+    assert as_json["prediction_id"] != plain["prediction_id"]
+
+
+def test_batch_predicts_each_text_in_order(service):
+    response = requests.post(
+        f"{service.url}/predict_batch", json={"texts": [BASEBALL, HOCKEY, BASEBALL]}, timeout=10
+    )
+    assert response.status_code == 200, response.text
+    assert [p["label"] for p in response.json()] == [
+        "rec.sport.baseball",
+        "rec.sport.hockey",
+        "rec.sport.baseball",
+    ]
+    assert len({p["prediction_id"] for p in response.json()}) == 3
+
+
+def test_feedback_is_recorded_once(service):
+    prediction = predict(service.url, BASEBALL)
+    body = {"prediction_id": prediction["prediction_id"], "label": "rec.sport.baseball"}
+    first = requests.post(f"{service.url}/feedback", json=body, timeout=10)
+    assert first.status_code == 200 and first.json() == {"status": "recorded", "correct": True}
+    again = requests.post(f"{service.url}/feedback", json=body, timeout=10)
+    assert again.status_code == 409 and again.json()["reason"] == "duplicate_id"
+
+
+def test_feedback_for_a_wrong_prediction_counts_as_incorrect(service):
+    prediction = predict(service.url, HOCKEY)
+    body = {"prediction_id": prediction["prediction_id"], "label": "rec.autos"}
+    response = requests.post(f"{service.url}/feedback", json=body, timeout=10)
+    assert response.json() == {"status": "recorded", "correct": False}
+
+
+def test_feedback_rejections_say_what_is_wrong(service):
+    valid = predict(service.url, BASEBALL)["prediction_id"]
+    payload, signature = valid.split(".")
+    cases = {
+        "not-an-id": (400, "malformed_id"),
+        f"{payload}.{'A' * len(signature)}": (400, "unknown_id"),  # forged signature
+        f"{payload[:-4]}AAAA.{signature}": (400, "unknown_id"),  # tampered payload
+    }
+    for prediction_id, (status, reason) in cases.items():
+        response = requests.post(
+            f"{service.url}/feedback", json={"prediction_id": prediction_id, "label": "rec.autos"}, timeout=10
+        )
+        assert (response.status_code, response.json()["reason"]) == (status, reason), prediction_id
+        assert response.json()["error"]
+    response = requests.post(
+        f"{service.url}/feedback", json={"prediction_id": valid, "label": "sci.space"}, timeout=10
+    )
+    assert response.status_code == 422 and "sci.space" in response.json()["error"]
+
+
+def test_probes(service):
+    assert requests.get(f"{service.url}/livez", timeout=5).status_code == 200
+    assert requests.get(f"{service.url}/readyz", timeout=5).status_code == 200

@@ -1,0 +1,119 @@
+"""Logs: one JSON prediction event per prediction, stamped with the trace id, with the text kept private."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from helpers import poll_until, start_server
+
+TEXT = "The new engine in my car makes a strange noise when I brake"
+TRACE_ID_IN_ANY_LINE = re.compile(r'"trace_id":"([0-9a-f]{32})"')
+
+
+def events(server, trace_id: str) -> list[dict]:
+    lines = [json.loads(line) for line in server.log_lines() if line.startswith("{") and trace_id in line]
+    return lines
+
+
+def predict_traced(server) -> tuple[str, dict]:
+    trace_id = secrets.token_hex(16)
+    headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+    response = requests.post(f"{server.url}/predict", json={"text": TEXT}, headers=headers, timeout=10)
+    assert response.status_code == 200
+    return trace_id, response.json()
+
+
+def prediction_event(server, trace_id: str) -> dict:
+    return poll_until(
+        lambda: next((e for e in events(server, trace_id) if e.get("event") == "prediction"), None),
+        timeout=10,
+        what="the prediction event",
+    )
+
+
+def test_prediction_event_has_every_field_and_the_callers_trace_id(grpc_service):
+    trace_id, prediction = predict_traced(grpc_service)
+    event = prediction_event(grpc_service, trace_id)
+    assert event["trace_id"] == trace_id and re.fullmatch(r"[0-9a-f]{16}", event["span_id"])
+    assert event["level"] == "info" and event["ts"].endswith("+00:00")
+    for field in ("label", "confidence", "model_version", "prediction_id"):
+        assert event[field] == prediction[field], field
+    assert event["input_chars"] == len(TEXT) and event["input_tokens"] > 0 and event["latency_ms"] > 0
+
+
+def test_every_line_of_a_request_carries_its_trace_id_in_one_form(grpc_service):
+    trace_id, _ = predict_traced(grpc_service)
+    poll_until(
+        lambda: any(e.get("logger") == "bentoml.access" for e in events(grpc_service, trace_id)),
+        timeout=10,
+        what="the access log line",
+    )
+    lines = [line for line in grpc_service.log_lines() if trace_id in line]
+    assert len(lines) >= 2  # the prediction event and the access log
+    assert all(TRACE_ID_IN_ANY_LINE.search(line).group(1) == trace_id for line in lines)
+
+
+def test_default_privacy_setting_logs_no_text(service):
+    trace_id, _ = predict_traced(service)
+    event = prediction_event(service, trace_id)
+    assert "text" not in event and "text_sha256" not in event
+    assert not any("strange noise" in line for line in service.log_lines())
+
+
+def test_hash_setting_logs_the_sha256(grpc_service):
+    event = prediction_event(grpc_service, predict_traced(grpc_service)[0])
+    assert event["text_sha256"] == hashlib.sha256(TEXT.encode()).hexdigest() and "text" not in event
+
+
+def test_prefix_setting_logs_the_first_characters(http_service):
+    event = prediction_event(http_service, predict_traced(http_service)[0])
+    assert event["text"] == TEXT[:12]
+
+
+@pytest.fixture(scope="module")
+def verbose_service(models_home, tmp_path_factory):
+    """Two workers logging whole texts: lines far longer than a pipe's atomic write."""
+    server = start_server(
+        models_home,
+        tmp_path_factory.mktemp("verbose"),
+        sample_rate=0.0,
+        env={"WORKERS": "2", "LOG_TEXT": "prefix", "LOG_TEXT_CHARS": "100000"},
+    )
+    yield server
+    server.stop()
+
+
+def test_no_line_is_lost_or_interleaved_across_workers(verbose_service):
+    # Two workers, concurrent clients, 40 kB lines: every line must parse, none may be missing.
+    service = verbose_service
+    texts = [f"engine {i} " + "carburetor " * 4000 for i in range(4)]
+    trace_ids = [secrets.token_hex(16) for _ in range(40)]
+
+    def send(trace_id: str) -> int:
+        headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-00"}
+        return requests.post(
+            f"{service.url}/predict_batch", json={"texts": texts}, headers=headers, timeout=30
+        ).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(send, trace_ids)) == {200}
+    wanted = set(trace_ids)
+
+    def all_logged() -> bool:
+        logged = [json.loads(line) for line in service.log_lines() if line.startswith("{")]
+        return sum(
+            1
+            for e in logged
+            if e.get("event") == "prediction"
+            and e.get("endpoint") == "predict_batch"
+            and e["text"] == texts[int(e["text"].split()[1])]
+        ) >= 4 * len(wanted)
+
+    poll_until(all_logged, timeout=20, what="every prediction event of the batches")

@@ -1,0 +1,135 @@
+"""Metrics: families and labels on /metrics, exact counts summed over two workers, exemplars."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import requests
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.parser import text_string_to_metric_families
+
+from helpers import poll_until, start_server
+
+TEXT = "The hockey season starts and the goalie is ready for the puck"
+LABELS = ["rec.autos", "rec.motorcycles", "rec.sport.baseball", "rec.sport.hockey"]
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return sum(v for (n, lbls), v in samples.items() if n == name and labels.items() <= dict(lbls).items())
+
+
+def test_expected_families_and_precreated_labels(service):
+    samples = scrape(service.url)
+    names = {name for name, _ in samples}
+    for family in (
+        "bentoml_service_request_total",
+        "bentoml_service_request_duration_seconds_bucket",
+        "newsgroups_predictions_total",
+        "newsgroups_prediction_confidence_bucket",
+        "newsgroups_prediction_entropy_bucket",
+        "newsgroups_input_tokens_bucket",
+        "newsgroups_input_oov_ratio_bucket",
+        "newsgroups_empty_inputs_total",
+        "newsgroups_rejected_requests_total",
+        "newsgroups_feedback_total",
+        "newsgroups_model_info",
+        "newsgroups_baseline_class_share",
+        "newsgroups_baseline_cdf",
+        "newsgroups_baseline_empty_share",
+        "newsgroups_inference_duration_seconds_bucket",
+    ):
+        assert family in names, family
+    # Every class and every (predicted, true) pair exists before any traffic needs it.
+    predicted = {dict(lbls)["label"] for name, lbls in samples if name == "newsgroups_predictions_total"}
+    assert predicted == set(LABELS)
+    pairs = {
+        (dict(lbl)["predicted_label"], dict(lbl)["true_label"])
+        for n, lbl in samples
+        if n == "newsgroups_feedback_total"
+    }
+    assert len(pairs) == 16
+    shares = [v for (n, _), v in samples.items() if n == "newsgroups_baseline_class_share"]
+    assert abs(sum(shares) - 1) < 1e-9
+
+
+def test_baseline_cdf_matches_the_histogram_buckets(service, models_home):
+    (model_dir,) = (models_home / "models" / "newsgroups_classifier").glob("*/baseline.json")
+    baseline = json.loads(model_dir.read_text())
+    samples = scrape(service.url)
+    bucket_les = {dict(lbl)["le"] for n, lbl in samples if n == "newsgroups_prediction_confidence_bucket"}
+    cdf = {
+        dict(lbl)["le"]: v
+        for (n, lbl), v in samples.items()
+        if n == "newsgroups_baseline_cdf" and dict(lbl)["signal"] == "confidence"
+    }
+    assert set(cdf) == bucket_les  # same spelling of le, so PromQL can join on it
+    assert [cdf[le] for le in sorted(cdf, key=float)] == [*baseline["histograms"]["confidence"]["cdf"], 1.0]
+
+
+def test_counts_move_by_exactly_the_requests_made_with_two_workers(service):
+    before = scrape(service.url)
+    labels = [
+        requests.post(f"{service.url}/predict", json={"text": TEXT}, timeout=10).json()["label"]
+        for _ in range(30)
+    ]
+    batch = requests.post(f"{service.url}/predict_batch", json={"texts": [TEXT] * 5}, timeout=10).json()
+    requests.post(f"{service.url}/predict", data=b"   ", headers={"Content-Type": "text/plain"}, timeout=10)
+    after = scrape(service.url)
+    label = labels[0]
+    assert set(labels) == {label} and all(p["label"] == label for p in batch)
+    name = "newsgroups_predictions_total"
+    assert value(after, name, label=label) - value(before, name, label=label) == 35
+    assert value(after, name) - value(before, name) == 35
+    confidence = "newsgroups_prediction_confidence_count"
+    assert value(after, confidence) - value(before, confidence) == 35
+    rejected = "newsgroups_rejected_requests_total"
+    assert value(after, rejected, reason="empty_text") - value(before, rejected, reason="empty_text") == 1
+    requests_total = "bentoml_service_request_total"
+    assert (
+        value(after, requests_total, endpoint="/predict") - value(before, requests_total, endpoint="/predict")
+        == 31
+    )
+    # Both workers served: their pids appear in the multiprocess files, and the sums above span both.
+    pids = {
+        line for line in service.log_lines() if '"logger":"bentoml.serve"' in line and "initialized" in line
+    }
+    assert len(pids) >= 2
+
+
+def test_openmetrics_exposition_carries_exemplars_with_the_trace_id(models_home, receiver, tmp_path_factory):
+    server = start_server(
+        models_home, tmp_path_factory.mktemp("exemplars"), receiver.grpc_endpoint, "grpc", 1.0
+    )
+    try:
+        trace_id = secrets.token_hex(16)
+        headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+        assert requests.post(f"{server.url}/predict", json={"text": TEXT}, headers=headers, timeout=10).ok
+
+        def exemplar_trace_ids() -> set[str]:
+            response = requests.get(
+                f"{server.url}/metrics", headers={"Accept": "application/openmetrics-text"}, timeout=10
+            )
+            assert response.headers["content-type"].startswith("application/openmetrics-text")
+            return {
+                sample.exemplar.labels["trace_id"]
+                for family in parse_openmetrics(response.text)  # the strict OpenMetrics parser
+                if family.name == "newsgroups_inference_duration_seconds"
+                for sample in family.samples
+                if sample.exemplar
+            }
+
+        poll_until(lambda: trace_id in exemplar_trace_ids(), timeout=10, what="an exemplar with the trace id")
+        # Plain scrapes keep the classic text format, without exemplars.
+        assert f'# {{trace_id="{trace_id}"}}' not in requests.get(f"{server.url}/metrics", timeout=10).text
+    finally:
+        server.stop()

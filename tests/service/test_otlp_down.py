@@ -1,0 +1,76 @@
+"""Telemetry backends down: predictions keep succeeding, and the exporter's complaints are rate-limited."""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import threading
+import time
+
+import pytest
+import requests
+
+from helpers import free_port, start_server
+
+TEXT = "Which tires are best for a sports car in the rain"
+EXPORT_TIMEOUT = 5  # seconds, `tracing.timeout` in the shipped configuration
+
+
+class HangingEndpoint:
+    """Accepts connections and never answers: the worst kind of collector outage."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._socket = socket.create_server(("127.0.0.1", self.port))
+        self._connections: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:
+                return
+            self._connections.append(connection)
+
+    def close(self) -> None:
+        self._socket.close()
+        for connection in self._connections:
+            connection.close()
+
+
+def latencies(url: str, count: int) -> list[float]:
+    results = []
+    for i in range(count):
+        started = time.perf_counter()
+        response = requests.post(f"{url}/predict", json={"text": f"{TEXT} {i}"}, timeout=30)
+        results.append(time.perf_counter() - started)
+        assert response.status_code == 200, response.text
+    return results
+
+
+@pytest.fixture(scope="module")
+def hanging():
+    endpoint = HangingEndpoint()
+    yield endpoint
+    endpoint.close()
+
+
+@pytest.mark.parametrize("outage", ["refused-grpc", "refused-http", "hanging-grpc", "hanging-http"])
+def test_predictions_succeed_while_the_collector_is_down(outage, models_home, hanging, tmp_path):
+    kind, protocol = outage.split("-")
+    port = free_port() if kind == "refused" else hanging.port  # nothing listens on a fresh free port
+    endpoint = f"http://127.0.0.1:{port}" + ("/v1/traces" if protocol == "http" else "")
+    server = start_server(models_home, tmp_path, endpoint, protocol, 1.0)
+    try:
+        took = latencies(server.url, 150)
+        # No request waits for the exporter: each would take the export timeout if one did.
+        assert max(took) < EXPORT_TIMEOUT / 2, f"slowest request {max(took):.2f} s"
+        print(f"{outage}: median {statistics.median(took) * 1000:.1f} ms, max {max(took) * 1000:.1f} ms")
+        time.sleep(EXPORT_TIMEOUT + 1)  # let the exporter fail a few times more
+        latencies(server.url, 20)
+        complaints = [line for line in server.log_lines() if '"logger":"opentelemetry' in line]
+        print(f"{outage}: {len(complaints)} exporter complaints logged")
+        assert 1 <= len(complaints) <= 6, "\n".join(complaints)  # visible, but one per logger per minute
+    finally:
+        server.stop()

@@ -1,0 +1,69 @@
+"""Traces: the server span and the inference spans reach a real OTLP receiver over gRPC and HTTP."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+import requests
+
+from helpers import poll_until
+
+INFERENCE_STEPS = ("preprocess", "vectorize", "predict", "postprocess")
+TEXT = "My motorcycle needs a new chain and the dealer wants too much for it"
+
+
+def traced_request(url: str, sampled: bool = True) -> tuple[str, str]:
+    trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
+    headers = {"traceparent": f"00-{trace_id}-{parent_id}-{'01' if sampled else '00'}"}
+    response = requests.post(f"{url}/predict", json={"text": TEXT}, headers=headers, timeout=10)
+    assert response.status_code == 200, response.text
+    return trace_id, parent_id
+
+
+def assert_inference_trace(receiver, trace_id: str, parent_id: str, model_version: str) -> None:
+    spans = poll_until(
+        lambda: (
+            (s := receiver.trace(trace_id)) and {x.name for x in s} >= {"inference", *INFERENCE_STEPS} and s
+        ),
+        timeout=20,
+        what=f"spans of trace {trace_id}",
+    )
+    by_name = {span.name: span for span in spans}
+    server = next(span for span in spans if span.parent_span_id == parent_id)  # continues the caller's trace
+    assert "predict" in server.name.lower() or server.attributes.get("http.target") == "/predict"
+    inference = by_name["inference"]
+    assert inference.parent_span_id == server.span_id
+    for step in INFERENCE_STEPS:
+        assert by_name[step].parent_span_id == inference.span_id, step
+    assert inference.attributes["model.name"] == "newsgroups_classifier"
+    assert inference.attributes["model.version"] == model_version
+    assert inference.attributes["prediction.label"] == "rec.motorcycles"
+    assert 0 < inference.attributes["prediction.confidence"] <= 1
+    assert inference.attributes["input.length"] == len(TEXT)
+    assert inference.resource["service.name"] == "newsgroups-classifier"
+    assert inference.resource["service.version"] == model_version
+    assert inference.resource["deployment.environment.name"] == "demo"  # from the shipped ConfigMap
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+def test_spans_are_exported_with_parentage_and_attributes(transport, grpc_service, http_service, receiver):
+    server = grpc_service if transport == "grpc" else http_service
+    version = requests.post(f"{server.url}/predict", json={"text": TEXT}, timeout=10).json()["model_version"]
+    trace_id, parent_id = traced_request(server.url)  # a sampled parent is always sampled
+    assert_inference_trace(receiver, trace_id, parent_id, version)
+
+
+def test_pod_and_namespace_become_resource_attributes(grpc_service, receiver):
+    trace_id, _ = traced_request(grpc_service.url)
+    spans = poll_until(lambda: receiver.trace(trace_id), timeout=20, what="the trace")
+    assert spans[0].resource["k8s.pod.name"] == "classifier-0"
+    assert spans[0].resource["k8s.namespace.name"] == "newsgroups"
+
+
+def test_sampling_is_parent_based(http_service, receiver):
+    # The HTTP service samples 1 in 1000: an unsampled parent stays unsampled, a sampled one is kept.
+    unsampled, _ = traced_request(http_service.url, sampled=False)
+    sampled, _ = traced_request(http_service.url, sampled=True)
+    poll_until(lambda: receiver.trace(sampled), timeout=20, what="the sampled trace")
+    assert receiver.trace(unsampled) == []
