@@ -96,14 +96,14 @@ def model_version(config: TrainingConfig, data_fingerprint: str) -> str:
 
 
 def load_extra_data(path: str, classes: tuple[str, ...]) -> Split:
-    """Labelled records (JSON Lines with `text` and `label`), such as an export of reviewed predictions."""
+    """Labelled records (JSON Lines with `text` and `true_label` or `label`), e.g. `make export-feedback`."""
     texts, labels = [], []
     with open(path, encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             record = json.loads(line)
-            text, label = record.get("text"), record.get("label", record.get("true_label"))
+            text, label = record.get("text"), record.get("true_label", record.get("label"))
             if label is None or not text:
                 continue  # unlabelled, or exported without text: nothing to learn from
             if label not in classes:
