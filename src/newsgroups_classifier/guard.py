@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
 from .metrics import count_rejection
 from .telemetry import openmetrics_exposition
 
@@ -97,7 +99,14 @@ def batch_body(body: bytes, media_type: str, _charset: str, limit: int) -> dict:
         raise Rejection(422, "invalid_field", '"texts" must be a non-empty list of strings')
     if len(texts) > limit:
         raise Rejection(413, "batch_too_large", f"batch of {len(texts)} texts is over the limit of {limit}")
-    return {"texts": [_text(text, f"texts[{i}]") for i, text in enumerate(texts)]}
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(carrier)  # the request's server span is current here
+    traceparent = carrier.get("traceparent", "")
+    return {
+        "items": [
+            {"text": _text(text, f"texts[{i}]"), "traceparent": traceparent} for i, text in enumerate(texts)
+        ]
+    }
 
 
 def feedback_body(body: bytes, media_type: str, _charset: str, _limit: int) -> dict:

@@ -67,3 +67,34 @@ def test_sampling_is_parent_based(http_service, receiver):
     sampled, _ = traced_request(http_service.url, sampled=True)
     poll_until(lambda: receiver.trace(sampled), timeout=20, what="the sampled trace")
     assert receiver.trace(unsampled) == []
+
+
+def test_each_request_of_an_adaptive_batch_keeps_its_own_trace(grpc_service, receiver):
+    # Concurrent batch requests are merged into one model call; each still gets its own spans.
+    from concurrent.futures import ThreadPoolExecutor
+
+    def send(_: int) -> tuple[str, str]:
+        trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
+        headers = {"traceparent": f"00-{trace_id}-{parent_id}-01"}
+        response = requests.post(
+            f"{grpc_service.url}/predict_batch", json={"texts": [TEXT, TEXT]}, headers=headers, timeout=20
+        )
+        assert response.status_code == 200, response.text
+        return trace_id, parent_id
+
+    with ThreadPoolExecutor(8) as pool:
+        sent = list(pool.map(send, range(16)))
+    for trace_id, parent_id in sent:
+        spans = poll_until(
+            lambda t=trace_id: (s := receiver.trace(t)) and "postprocess" in {x.name for x in s} and s,
+            timeout=20,
+            what=f"the batch trace {trace_id}",
+        )
+        server = next(span for span in spans if span.parent_span_id == parent_id)
+        inference = next(span for span in spans if span.name == "inference")
+        assert inference.parent_span_id == server.span_id
+        assert {span.name for span in spans if span.parent_span_id == inference.span_id} == set(
+            INFERENCE_STEPS
+        )
+    batch_sizes = {s.attributes["batch.size"] for s in receiver.spans if s.name == "inference"}
+    assert max(batch_sizes) > 2, "no two requests were ever batched together"
