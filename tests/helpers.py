@@ -7,9 +7,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -55,6 +57,17 @@ def tail(path: Path, lines: int = 60) -> str:
         return f"(no log: {exc})"
 
 
+def merged(base: dict, overrides: dict) -> dict:
+    """`base` with `overrides` merged in, nested dictionaries key by key."""
+    result = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
 @dataclass
 class Server:
     """A `bentoml serve` subprocess on 127.0.0.1 with its own BentoML home and a log file for stdout."""
@@ -91,18 +104,22 @@ def start_server(
     sample_rate: float | None = None,
     env: dict[str, str] | None = None,
     stdout_path: Path | None = None,
+    cri_log: Path | None = None,
     timeout: float = 90,
+    config_overrides: dict | None = None,
 ) -> Server:
     """Start the service with the shipped configuration (only OTLP endpoint and sampling rewritten).
 
     Each server gets its own BentoML home (BentoML wipes its metrics folder at start), sharing the
-    trained models of `models_home`.
+    trained models of `models_home`. `config_overrides` is merged into the BentoML configuration,
+    e.g. `{"services": {"metrics": {"enabled": False}}}`.
     """
     home = workdir / f"home-{free_port()}"
     home.mkdir(parents=True)
     (home / "models").symlink_to(models_home / "models")
     config_path = home / "bentoml.yaml"
-    config_path.write_text(yaml.safe_dump(local_bentoml_config(otlp_endpoint, protocol, sample_rate)))
+    config = merged(local_bentoml_config(otlp_endpoint, protocol, sample_rate), config_overrides or {})
+    config_path.write_text(yaml.safe_dump(config))
     port = free_port()
     log_path = stdout_path or home / "stdout.log"
     full_env = {
@@ -114,15 +131,22 @@ def start_server(
         **(env or {}),
     }
     bentoml = str(Path(sys.executable).with_name("bentoml"))
-    with open(log_path, "ab") as log:
+    command = [bentoml, "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)]
+    if cri_log:  # as a container runtime would write it, for Promtail to tail
         process = subprocess.Popen(
-            [bentoml, "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log,
+            command,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=full_env,
             cwd=home,
             start_new_session=True,
         )
+        threading.Thread(target=pump_cri, args=(process.stdout, log_path, cri_log), daemon=True).start()
+    else:
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=home, start_new_session=True
+            )
     server = Server(home=home, port=port, log_path=log_path, process=process, env=full_env)
 
     def ready() -> bool:
@@ -136,6 +160,15 @@ def start_server(
         server.stop()
         raise AssertionError(f"{exc}\n--- service log ---\n{tail(log_path)}") from None
     return server
+
+
+def pump_cri(stream, raw_path: Path, cri_path: Path) -> None:
+    """Copy a process's stdout to a plain log and to a CRI log (`<time> stdout F <line>`), line by line."""
+    with open(raw_path, "ab", buffering=0) as raw, open(cri_path, "ab", buffering=0) as cri:
+        for line in stream:
+            raw.write(line)
+            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
+            cri.write(stamp + b" stdout F " + line)
 
 
 def train_cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
