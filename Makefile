@@ -24,7 +24,7 @@ include helm-config/charts.env
 	build cluster-up deploy dashboards port-forward cluster-down clean
 
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 setup: ## Create .venv with the project, its test and load-test extras
 	python3 -m venv $(VENV)
@@ -34,7 +34,7 @@ setup: ## Create .venv with the project, its test and load-test extras
 train: ## Train, evaluate and save the model with its drift baseline (EXTRA_DATA=file.jsonl adds labelled records)
 	$(PY) -m newsgroups_classifier.training $(if $(EXTRA_DATA),--extra-data $(EXTRA_DATA))
 
-serve: ## Serve on 127.0.0.1:$(PORT) (trains first if there is no model); logs on stdout
+serve: ## Serve on 127.0.0.1:3000 (PORT=... to change), training first if there is no model; logs on stdout
 	@$(BENTOML) models get newsgroups_classifier:latest >/dev/null 2>&1 || $(MAKE) train
 	$(PY) -m newsgroups_classifier.deploy --otlp-endpoint $(OTLP_ENDPOINT) --protocol $(OTLP_PROTOCOL) \
 		--sample-rate $(SAMPLE_RATE) --output $(BENTOML_HOME)/bentoml-local.yaml
@@ -77,4 +77,85 @@ clean: ## Remove local state (models, caches, reports)
 	rm -rf .bentoml .data reports .pytest_cache .ruff_cache
 
 # --- cluster ---------------------------------------------------------------------------------------
-# (cluster targets: build, cluster-up, deploy, dashboards, port-forward, cluster-down)
+# From an empty cluster to the Grafana drilldown: docs/deployment.md. Chart versions and repositories come
+# from helm-config/charts.env; each release reads helm-config/<release>/values.yaml.
+KUBECTL ?= kubectl
+HELM ?= helm
+OBSERVABILITY_NAMESPACE := observability
+SERVICE_NAMESPACE := newsgroups
+# The image reference lives in manifests/deployment.yaml; `make build deploy IMAGE=...` overrides it.
+MANIFEST_IMAGE := $(shell awk '$$1 == "image:" {print $$2; exit}' manifests/deployment.yaml)
+IMAGE ?= $(MANIFEST_IMAGE)
+DASHBOARDS_CONFIGMAP := newsgroups-dashboards
+GRAFANA_PORT ?= 3001
+PROMETHEUS_PORT ?= 9090
+# release -> chart. Install order (cluster-up): MinIO first (Loki and Tempo store in it), Grafana last.
+RELEASES := minio loki tempo promtail prometheus grafana
+CHART_minio := $(MINIO_REPO_NAME)/minio --version $(MINIO_CHART_VERSION)
+CHART_loki := $(GRAFANA_COMMUNITY_REPO_NAME)/loki --version $(LOKI_CHART_VERSION)
+CHART_tempo := $(GRAFANA_COMMUNITY_REPO_NAME)/tempo --version $(TEMPO_CHART_VERSION)
+CHART_promtail := $(GRAFANA_REPO_NAME)/promtail --version $(PROMTAIL_CHART_VERSION)
+CHART_prometheus := $(PROMETHEUS_COMMUNITY_REPO_NAME)/prometheus --version $(PROMETHEUS_CHART_VERSION)
+CHART_grafana := $(GRAFANA_COMMUNITY_REPO_NAME)/grafana --version $(GRAFANA_CHART_VERSION)
+# 32 random letters and digits, made by the shell running the recipe (never echoed).
+RANDOM_SECRET := $$(LC_ALL=C tr -dc A-Za-z0-9 </dev/urandom | head -c 32)
+
+# $(call install,release): install or upgrade a release with its chart, version and values.
+install = $(HELM) upgrade --install $(1) $(CHART_$(1)) --namespace $(OBSERVABILITY_NAMESPACE) \
+	--values helm-config/$(1)/values.yaml --wait --timeout 10m
+
+# $(call ensure_secret,namespace,name,--from-literal=...): create the Secret unless it exists.
+define ensure_secret
+	@$(KUBECTL) -n $(1) get secret $(2) >/dev/null 2>&1 && echo "secret $(1)/$(2) exists: kept" \
+		|| { $(KUBECTL) -n $(1) create secret generic $(2) $(3) >/dev/null && echo "secret $(1)/$(2) created"; }
+endef
+
+build: ## Build the Bento (model included) and containerize it as IMAGE (default: manifests/deployment.yaml's)
+	@$(BENTOML) models get newsgroups_classifier:latest >/dev/null 2>&1 || $(MAKE) train
+	$(BENTOML) build
+	$(BENTOML) containerize newsgroups-classifier:latest -t $(IMAGE)
+
+cluster-up: ## Namespaces, secrets, dashboards and every chart of the observability stack at its pinned version
+	$(KUBECTL) apply -f manifests/00-namespace.yaml
+	$(KUBECTL) create namespace $(OBSERVABILITY_NAMESPACE) --dry-run=client -o yaml | $(KUBECTL) apply -f -
+	$(call ensure_secret,$(OBSERVABILITY_NAMESPACE),minio-credentials,--from-literal=rootUser=minio-admin --from-literal=rootPassword=$(RANDOM_SECRET))
+	$(call ensure_secret,$(OBSERVABILITY_NAMESPACE),grafana-admin,--from-literal=admin-user=admin --from-literal=admin-password=$(RANDOM_SECRET))
+	$(call ensure_secret,$(SERVICE_NAMESPACE),newsgroups-classifier-feedback,--from-literal=FEEDBACK_SIGNING_KEY=$(RANDOM_SECRET))
+	$(HELM) repo add --force-update $(GRAFANA_COMMUNITY_REPO_NAME) $(GRAFANA_COMMUNITY_REPO_URL)
+	$(HELM) repo add --force-update $(GRAFANA_REPO_NAME) $(GRAFANA_REPO_URL)
+	$(HELM) repo add --force-update $(PROMETHEUS_COMMUNITY_REPO_NAME) $(PROMETHEUS_COMMUNITY_REPO_URL)
+	$(HELM) repo add --force-update $(MINIO_REPO_NAME) $(MINIO_REPO_URL)
+	$(HELM) repo update $(GRAFANA_COMMUNITY_REPO_NAME) $(GRAFANA_REPO_NAME) $(PROMETHEUS_COMMUNITY_REPO_NAME) $(MINIO_REPO_NAME)
+	$(MAKE) --no-print-directory dashboards
+	$(call install,minio)
+	$(call install,loki)
+	$(call install,tempo)
+	$(call install,promtail)
+	$(call install,prometheus)
+	$(call install,grafana)
+	@echo "Grafana: make port-forward, then http://localhost:$(GRAFANA_PORT) as admin; the password:"
+	@echo "  $(KUBECTL) -n $(OBSERVABILITY_NAMESPACE) get secret grafana-admin -o jsonpath='{.data.admin-password}' | base64 -d"
+
+deploy: ## Deploy the service (manifests/) running IMAGE and wait for the rollout
+	$(KUBECTL) apply $(addprefix -f ,$(sort $(filter-out manifests/deployment.yaml,$(wildcard manifests/*.yaml))))
+	sed 's|image: $(MANIFEST_IMAGE)$$|image: $(IMAGE)|' manifests/deployment.yaml | $(KUBECTL) apply -f -
+	$(KUBECTL) -n $(SERVICE_NAMESPACE) rollout status deployment/newsgroups-classifier --timeout 5m
+
+dashboards: ## Load dashboards/*.json into the ConfigMap Grafana provisions from (changes show within a minute)
+	$(KUBECTL) -n $(OBSERVABILITY_NAMESPACE) create configmap $(DASHBOARDS_CONFIGMAP) --from-file=dashboards/ \
+		--dry-run=client -o yaml | $(KUBECTL) apply --server-side --force-conflicts -f -
+
+port-forward: ## Grafana on localhost:3001, Prometheus on :9090, the service on :3000 (Ctrl-C stops)
+	trap 'kill $$(jobs -p) 2>/dev/null' EXIT; \
+	$(KUBECTL) -n $(OBSERVABILITY_NAMESPACE) port-forward svc/grafana $(GRAFANA_PORT):80 & \
+	$(KUBECTL) -n $(OBSERVABILITY_NAMESPACE) port-forward svc/prometheus-server $(PROMETHEUS_PORT):80 & \
+	$(KUBECTL) -n $(SERVICE_NAMESPACE) port-forward svc/newsgroups-classifier $(PORT):3000 & \
+	wait
+
+cluster-down: ## Remove the service, every release, their volumes and both namespaces
+	-$(KUBECTL) delete -f manifests/ --ignore-not-found
+	-$(HELM) uninstall --namespace $(OBSERVABILITY_NAMESPACE) $(RELEASES)
+	-$(KUBECTL) delete namespace $(OBSERVABILITY_NAMESPACE) --ignore-not-found
+
+deploy-tools: ## Build the pinned Go tools `make validate` needs (kube-score, Pod Security checker), cached
+	bash tests/deploy/tools.sh

@@ -11,6 +11,7 @@ import pytest
 import stack as st
 
 from helpers import Server, free_port, start_server
+from newsgroups_classifier.data import load_split
 from newsgroups_classifier.deploy import shipped_bentoml_config
 
 
@@ -85,3 +86,14 @@ def stack(models_home, tmp_path_factory) -> Iterator[Stack]:
     for process in running.processes():  # each in its own process group: children included
         with pytest.raises(ProcessLookupError):
             os.killpg(process.pid, 0)
+
+
+@pytest.fixture(scope="session")
+def documents(data_home) -> dict[str, list[str]]:
+    """Real held-out documents by class, through the project's own loader."""
+    split = load_split("test", data_home=data_home)
+    by_label: dict[str, list[str]] = {}
+    for text, label in zip(split.texts, split.labels, strict=True):
+        if len(text.split()) > 20:
+            by_label.setdefault(label, []).append(text)
+    return by_label

@@ -17,7 +17,6 @@ import stack as st
 import yaml
 
 from helpers import REPO, poll_until
-from newsgroups_classifier.data import load_split
 
 GRAFANA = yaml.safe_load((REPO / "helm-config" / "grafana" / "values.yaml").read_text())
 DATASOURCES = {d["uid"]: d for d in GRAFANA["datasources"]["datasources.yaml"]["datasources"]}
@@ -53,17 +52,6 @@ def promql(stack, query: str) -> list[dict]:
     response = requests.get(f"{stack.prometheus.url}/api/v1/query", params={"query": query}, timeout=30)
     assert response.status_code == 200, f"{query}: {response.text}"
     return response.json()["data"]["result"]
-
-
-@pytest.fixture(scope="module")
-def documents(data_home) -> dict[str, list[str]]:
-    """Real held-out documents by class, through the project's own loader."""
-    split = load_split("test", data_home=data_home)
-    by_label: dict[str, list[str]] = {}
-    for text, label in zip(split.texts, split.labels, strict=True):
-        if len(text.split()) > 20:
-            by_label.setdefault(label, []).append(text)
-    return by_label
 
 
 @pytest.fixture(scope="module")

@@ -98,3 +98,24 @@ def test_feedback_rejections_say_what_is_wrong(service):
 def test_probes(service):
     assert requests.get(f"{service.url}/livez", timeout=5).status_code == 200
     assert requests.get(f"{service.url}/readyz", timeout=5).status_code == 200
+
+
+def test_a_missing_model_is_a_clear_startup_error(tmp_path):
+    import os
+    import sys
+    from pathlib import Path
+
+    from helpers import SERVICE, free_port
+
+    bentoml = str(Path(sys.executable).with_name("bentoml"))
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "true"}
+    result = subprocess.run(
+        [bentoml, "serve", SERVICE, "--host", "127.0.0.1", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "newsgroups_classifier:latest is not in the BentoML model store" in result.stdout + result.stderr
+    assert "make train" in result.stdout + result.stderr
