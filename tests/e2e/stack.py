@@ -119,6 +119,17 @@ def local(url_or_address: str, port: int) -> str:
     return f"{scheme}{sep}127.0.0.1:{port}{path}"
 
 
+def loopback_server(port: int, grpc_port: int) -> dict:
+    """The `server` block of Grafana's Go services (Loki, Tempo), listening on loopback only."""
+    return {
+        "http_listen_address": "127.0.0.1",
+        "http_listen_port": port,
+        "grpc_listen_address": "127.0.0.1",
+        "grpc_listen_port": grpc_port,
+        "log_level": "warn",
+    }
+
+
 # --- MinIO -------------------------------------------------------------------------------------------
 
 
@@ -181,13 +192,7 @@ def loki(workdir: Path, s3: S3) -> Program:
     data = workdir / "loki"
     rendered = {
         "auth_enabled": config["auth_enabled"],
-        "server": {
-            "http_listen_address": "127.0.0.1",
-            "http_listen_port": port,
-            "grpc_listen_address": "127.0.0.1",
-            "grpc_listen_port": grpc_port,
-            "log_level": "warn",
-        },
+        "server": loopback_server(port, grpc_port),
         "common": {
             "path_prefix": str(data),
             "replication_factor": config["commonConfig"]["replication_factor"],
@@ -265,13 +270,7 @@ def tempo(workdir: Path, s3: S3, prometheus_port: int) -> tuple[Program, int, in
     data = workdir / "tempo"
     rendered = {
         "stream_over_http_enabled": True,
-        "server": {
-            "http_listen_address": "127.0.0.1",
-            "http_listen_port": port,
-            "grpc_listen_address": "127.0.0.1",
-            "grpc_listen_port": grpc_port,
-            "log_level": "warn",
-        },
+        "server": loopback_server(port, grpc_port),
         "memberlist": {"bind_addr": ["127.0.0.1"], "bind_port": free_port()},
         "distributor": {"receivers": receivers},
         "ingester": {
