@@ -17,10 +17,13 @@ OTLP_ENDPOINT ?= http://127.0.0.1:4317
 OTLP_PROTOCOL ?= grpc
 SAMPLE_RATE ?= 1.0
 EXTRA_DATA ?=
+# The benchmark's load generator: wrk from Debian's packages (bookworm), pinned.
+WRK_VERSION ?= 4.1.0-3+b2
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 include helm-config/charts.env
 
-.PHONY: help setup train serve test unit lint format validate stack-bin e2e loadtest bench export-feedback \
+.PHONY: help setup train serve test unit lint format validate stack-bin e2e loadtest bench bench-tools export-feedback \
 	build cluster-up deploy dashboards port-forward cluster-down clean
 
 help: ## List the targets
@@ -41,7 +44,7 @@ serve: ## Serve on 127.0.0.1:3000 (PORT=... to change), training first if there 
 	BENTOML_CONFIG=$(BENTOML_HOME)/bentoml-local.yaml $(BENTOML) serve \
 		newsgroups_classifier.service:NewsgroupsClassifier --host 127.0.0.1 --port $(PORT)
 
-test: lint stack-bin ## Lint, validate the deployment files, run every test including the end-to-end suite
+test: lint stack-bin deploy-tools ## Lint, validate the deployment files, run every test including the end-to-end suite
 	$(PY) -m pytest
 
 unit: ## The tests without the end-to-end suite
@@ -55,20 +58,24 @@ format: ## Format the code with ruff
 	$(VENV)/bin/ruff check --fix src tests load_testing
 	$(VENV)/bin/ruff format src tests load_testing
 
-validate: ## Check manifests, Helm values, dashboards and alert rules offline
+validate: stack-bin deploy-tools ## Check manifests, Helm values, dashboards and alert rules offline
 	$(PY) -m pytest tests/deploy
 
-stack-bin: ## Build Prometheus, Loki, Promtail, Tempo and MinIO from the Go module proxy (cached)
+stack-bin: ## Build Prometheus, Loki, Promtail and MinIO from the Go module proxy (cached; Tempo: see tests/e2e/stack)
 	bash tests/e2e/stack/build.sh
 
-e2e: stack-bin ## End to end against the real Prometheus, Loki, Promtail, Tempo and MinIO
+e2e: stack-bin ## End to end against the real Prometheus, Loki, Promtail and MinIO (an OTLP receiver stands in for Tempo)
 	$(PY) -m pytest tests/e2e
 
 loadtest: ## Locust, headless, against a local service, with pass/fail thresholds
 	$(PY) load_testing/run_loadtest.py
 
-bench: ## Side-by-side benchmark: model alone, plain FastAPI, our service with and without telemetry
+bench: bench-tools ## Side-by-side benchmark: model alone, plain FastAPI, our service with and without telemetry
 	$(PY) load_testing/benchmark.py
+
+bench-tools: ## Install the benchmark's load generator: wrk at WRK_VERSION, from Debian's packages
+	@dpkg-query -W -f='$${Version}' wrk 2>/dev/null | grep -qxF '$(WRK_VERSION)' \
+		|| { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends wrk=$(WRK_VERSION); }
 
 export-feedback: ## Export prediction events and feedback from Loki as a labelled JSON Lines dataset
 	$(PY) -m newsgroups_classifier.export $(EXPORT_ARGS)
@@ -89,8 +96,9 @@ IMAGE ?= $(MANIFEST_IMAGE)
 DASHBOARDS_CONFIGMAP := newsgroups-dashboards
 GRAFANA_PORT ?= 3001
 PROMETHEUS_PORT ?= 9090
-# release -> chart. Install order (cluster-up): MinIO first (Loki and Tempo store in it), Grafana last.
-RELEASES := minio loki tempo promtail prometheus grafana
+# release -> chart, in install order: MinIO first (Loki and Tempo store in it), Grafana last. With another
+# S3 store (docs/deployment.md): `make cluster-up RELEASES="loki tempo promtail prometheus grafana"`.
+RELEASES ?= minio loki tempo promtail prometheus grafana
 CHART_minio := $(MINIO_REPO_NAME)/minio --version $(MINIO_CHART_VERSION)
 CHART_loki := $(GRAFANA_COMMUNITY_REPO_NAME)/loki --version $(LOKI_CHART_VERSION)
 CHART_tempo := $(GRAFANA_COMMUNITY_REPO_NAME)/tempo --version $(TEMPO_CHART_VERSION)
@@ -127,12 +135,7 @@ cluster-up: ## Namespaces, secrets, dashboards and every chart of the observabil
 	$(HELM) repo add --force-update $(MINIO_REPO_NAME) $(MINIO_REPO_URL)
 	$(HELM) repo update $(GRAFANA_COMMUNITY_REPO_NAME) $(GRAFANA_REPO_NAME) $(PROMETHEUS_COMMUNITY_REPO_NAME) $(MINIO_REPO_NAME)
 	$(MAKE) --no-print-directory dashboards
-	$(call install,minio)
-	$(call install,loki)
-	$(call install,tempo)
-	$(call install,promtail)
-	$(call install,prometheus)
-	$(call install,grafana)
+	$(foreach release,$(RELEASES),$(call install,$(release)) && ) true
 	@echo "Grafana: make port-forward, then http://localhost:$(GRAFANA_PORT) as admin; the password:"
 	@echo "  $(KUBECTL) -n $(OBSERVABILITY_NAMESPACE) get secret grafana-admin -o jsonpath='{.data.admin-password}' | base64 -d"
 

@@ -196,6 +196,7 @@ def loki(workdir: Path, s3: S3) -> Program:
         "common": {
             "path_prefix": str(data),
             "replication_factor": config["commonConfig"]["replication_factor"],
+            "instance_addr": "127.0.0.1",
             "ring": {"kvstore": {"store": "inmemory"}, "instance_addr": "127.0.0.1"},
             "storage": {"s3": {**s3_block, "bucketnames": storage["bucketNames"]["chunks"]}},
         },
@@ -206,6 +207,7 @@ def loki(workdir: Path, s3: S3) -> Program:
             "storage": {"type": "s3", "s3": {**s3_block, "bucketnames": storage["bucketNames"]["ruler"]}}
         },
         "memberlist": {"bind_addr": ["127.0.0.1"], "bind_port": free_port()},
+        "frontend": {"address": "127.0.0.1"},
     }
     program = Program("loki", [], port, "/ready", data, env=s3_env(s3))
     path = program.write_config(rendered)
@@ -254,57 +256,6 @@ def promtail(workdir: Path, loki_port: int, pod_logs: Path) -> Program:
     path = program.write_config(rendered)
     program.argv = [str(binary("promtail")), f"-config.file={path}"]
     return program
-
-
-# --- Tempo -------------------------------------------------------------------------------------------
-
-
-def tempo(workdir: Path, s3: S3, prometheus_port: int) -> tuple[Program, int, int]:
-    chart = values("tempo")["tempo"]
-    port, grpc_port, otlp_grpc, otlp_http = free_port(), free_port(), free_port(), free_port()
-    receivers = {name: spec for name, spec in chart["receivers"].items() if spec}
-    protocols = receivers["otlp"]["protocols"]
-    protocols["grpc"]["endpoint"] = local(protocols["grpc"]["endpoint"], otlp_grpc)
-    protocols["http"]["endpoint"] = local(protocols["http"]["endpoint"], otlp_http)
-    trace_storage = chart["storage"]["trace"]
-    data = workdir / "tempo"
-    rendered = {
-        "stream_over_http_enabled": True,
-        "server": loopback_server(port, grpc_port),
-        "memberlist": {"bind_addr": ["127.0.0.1"], "bind_port": free_port()},
-        "distributor": {"receivers": receivers},
-        "ingester": {
-            "lifecycler": {
-                "address": "127.0.0.1",
-                "ring": {"kvstore": {"store": "inmemory"}, "replication_factor": 1},
-            }
-        },
-        "compactor": {"compaction": {"block_retention": chart["retention"]}},
-        "metrics_generator": {
-            "storage": {
-                "path": str(data / "generator" / "wal"),
-                "remote_write": [
-                    {**target, "url": local(target["url"], prometheus_port)}
-                    for target in chart["metricsGenerator"]["storage"]["remote_write"]
-                ],
-            },
-            "traces_storage": {"path": str(data / "generator" / "traces")},
-        },
-        "storage": {
-            "trace": {
-                **trace_storage,
-                "s3": {**trace_storage["s3"], "endpoint": s3.endpoint},
-                "wal": {**trace_storage["wal"], "path": str(data / "wal")},
-            }
-        },
-        "overrides": chart["overrides"],
-        "usage_report": {"reporting_enabled": chart["reportingEnabled"]},
-    }
-    program = Program("tempo", [], port, "/ready", data, env=s3_env(s3))
-    path = program.write_config(rendered)
-    flags = [f"-{flag}={value}" for flag, value in chart["extraArgs"].items()]
-    program.argv = [str(binary("tempo")), f"-config.file={path}", *flags]
-    return program, otlp_grpc, otlp_http
 
 
 # --- Prometheus --------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@
 #   tests/e2e/stack/build.sh --list                print "component binary path" lines
 #
 # Components and binaries: prometheus (prometheus, promtool), loki (loki),
-# promtail (promtail), tempo (tempo), minio (minio).
+# promtail (promtail), minio (minio).
 #
 # Binaries go to a cache outside the clone, keyed by version:
 #   ${STACK_BIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/newsgroups-observability/stack-bin}/<component>-<version>/<binary>
@@ -36,7 +36,9 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../../.." && pwd)
 charts_env=$repo/helm-config/charts.env
-ALL_COMPONENTS="prometheus loki promtail tempo minio"
+# Tempo 2.10.8 is not here: the Go module proxy this project can reach refuses every
+# github.com/grafana/tempo version but v1.5.0 (403), so it cannot be built (see README.md).
+ALL_COMPONENTS="prometheus loki promtail minio"
 
 die() { echo "build.sh: $*" >&2; exit 1; }
 
@@ -89,16 +91,6 @@ component() {
 		local p=github.com/grafana/loki/v3/pkg/util/build
 		ldflags="-X $p.Version=$v -X $p.Revision=${commit:0:10} -X $p.Branch=HEAD"
 		ldflags+=" -X $p.BuildUser=newsgroups-observability-e2e"
-		;;
-	tempo)
-		v=$(cfg TEMPO_VERSION) commit=$(cfg TEMPO_COMMIT)
-		module=github.com/grafana/tempo
-		binaries="tempo=$module/cmd/tempo"
-		# Module path has no /v2, so the v2 tags are not module versions: the
-		# pinned version is the pseudo-version of the tag's commit.
-		expect="*-${commit:0:12}"
-		tags=""
-		ldflags="-X main.Version=$v -X main.Revision=${commit:0:9} -X main.Branch=HEAD"
 		;;
 	minio)
 		v=$(cfg MINIO_VERSION) commit=$(cfg MINIO_COMMIT)
