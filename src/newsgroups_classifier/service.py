@@ -64,11 +64,7 @@ class Prediction(BaseModel):
     prediction_id: str
 
 
-@bentoml.service(
-    name="newsgroups-classifier",
-    workers=settings.workers,
-    traffic={"timeout": 30},
-)
+@bentoml.service(name="newsgroups-classifier", workers=settings.workers)  # traffic: the ConfigMap
 class NewsgroupsClassifier:
     model_ref = bentoml.models.BentoModel(str(STORED_MODEL.tag))  # `bentoml build` packages this model
 
