@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import requests
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from newsgroups_classifier.deploy import local_bentoml_config, shipped_service_env
 
@@ -55,6 +56,21 @@ def tail(path: Path, lines: int = 60) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError as exc:
         return f"(no log: {exc})"
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    """Every sample on the service's /metrics (Prometheus text format), by name and sorted labels."""
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` whose labels include `labels`."""
+    return sum(v for (n, lbls), v in samples.items() if n == name and labels.items() <= dict(lbls).items())
 
 
 def merged(base: dict, overrides: dict) -> dict:

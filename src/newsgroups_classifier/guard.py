@@ -56,6 +56,8 @@ def _json(body: bytes) -> object:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise Rejection(400, "malformed_json", f"body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # nesting deeper than Python's recursion limit
+        raise Rejection(400, "malformed_json", "body is JSON nested too deeply") from exc
 
 
 def _text(value: object, where: str) -> str:

@@ -28,6 +28,7 @@ from .telemetry import (
     current_ids,
     export_resource_attributes,
     install_json_logging,
+    skip_asgi_send_receive_spans,
     tracer,
 )
 from .training import BASELINE_FILE
@@ -49,6 +50,7 @@ def resolve_model(tag: str) -> bentoml.Model:
 
 STORED_MODEL = resolve_model(settings.model_tag)
 export_resource_attributes(settings, STORED_MODEL.tag.version)
+skip_asgi_send_receive_spans()
 
 
 class BatchItem(BaseModel):

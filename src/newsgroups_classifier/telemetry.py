@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -43,6 +44,27 @@ def export_resource_attributes(settings: Settings, model_version: str) -> None:
     existing = os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
     ours = ",".join(f"{key}={value}" for key, value in attributes.items() if value)
     os.environ["OTEL_RESOURCE_ATTRIBUTES"] = ",".join(part for part in (ours, existing) if part)
+
+
+def skip_asgi_send_receive_spans() -> None:
+    """Make BentoML's ASGI middleware skip its `http receive` and `http send` spans.
+
+    They are three of a request's ten spans, say nothing the server span does not, and cost about 6% of
+    throughput. BentoML has no setting for the middleware's own `exclude_spans` option, so this sets its
+    default; it must run before the worker builds its app (at import of the service module).
+    """
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    original = OpenTelemetryMiddleware.__init__
+    if getattr(original, "skips_send_receive", False):
+        return
+
+    @functools.wraps(original)
+    def init(self, app, *args, exclude_spans=None, **kwargs):
+        original(self, app, *args, exclude_spans=exclude_spans or ["receive", "send"], **kwargs)
+
+    init.skips_send_receive = True
+    OpenTelemetryMiddleware.__init__ = init
 
 
 def tracer() -> trace.Tracer:

@@ -41,6 +41,14 @@ CASES = {
         "malformed_json",
         "JSON",
     ),
+    "json nested too deeply": (
+        "/predict",
+        b"[" * 100_000 + b"]" * 100_000,
+        "application/json",
+        400,
+        "malformed_json",
+        "nested",
+    ),
     "json without text": ("/predict", b'{"body": "x"}', "application/json", 422, "invalid_field", "text"),
     "json text not a string": (
         "/predict",

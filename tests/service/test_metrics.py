@@ -7,25 +7,11 @@ import secrets
 
 import requests
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
-from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import poll_until, start_server
+from helpers import poll_until, scrape, start_server, value
 
 TEXT = "The hockey season starts and the goalie is ready for the puck"
 LABELS = ["rec.autos", "rec.motorcycles", "rec.sport.baseball", "rec.sport.hockey"]
-
-
-def scrape(url: str) -> dict[tuple[str, tuple], float]:
-    text = requests.get(f"{url}/metrics", timeout=10).text
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: dict, name: str, **labels: str) -> float:
-    return sum(v for (n, lbls), v in samples.items() if n == name and labels.items() <= dict(lbls).items())
 
 
 def test_expected_families_and_precreated_labels(service):

@@ -31,6 +31,8 @@ def assert_inference_trace(receiver, trace_id: str, parent_id: str, model_versio
     )
     by_name = {span.name: span for span in spans}
     server = next(span for span in spans if span.parent_span_id == parent_id)  # continues the caller's trace
+    # The server span and the inference steps, nothing else (BentoML's http send/receive spans are skipped).
+    assert sorted(span.name for span in spans) == sorted([server.name, "inference", *INFERENCE_STEPS])
     assert "predict" in server.name.lower() or server.attributes.get("http.target") == "/predict"
     inference = by_name["inference"]
     assert inference.parent_span_id == server.span_id
