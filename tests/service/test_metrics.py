@@ -119,3 +119,18 @@ def test_openmetrics_exposition_carries_exemplars_with_the_trace_id(models_home,
         assert f'# {{trace_id="{trace_id}"}}' not in requests.get(f"{server.url}/metrics", timeout=10).text
     finally:
         server.stop()
+
+
+def test_restarting_another_instance_wipes_nothing(service, models_home, tmp_path):
+    # Each instance has its own BentoML home: another one starting (and clearing its own metrics
+    # folder, as BentoML does at every start) leaves this one's counts alone.
+    before = value(scrape(service.url), "newsgroups_predictions_total")
+    assert requests.post(f"{service.url}/predict", json={"text": TEXT}, timeout=10).ok
+    other = start_server(models_home, tmp_path, sample_rate=0.0)
+    other.stop()
+    other = start_server(models_home, tmp_path, sample_rate=0.0)
+    try:
+        assert value(scrape(service.url), "newsgroups_predictions_total") == before + 1
+        assert value(scrape(other.url), "newsgroups_predictions_total") == 0
+    finally:
+        other.stop()
