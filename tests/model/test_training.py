@@ -108,3 +108,26 @@ def test_keeping_headers_is_a_different_model(model_dir, tmp_path, archive, data
     (other,) = model_dirs(tmp_path)
     assert other.name != model_dir.name
     assert "macro-F1" in result.stdout
+
+
+def test_extra_data_with_a_label_outside_the_models_classes_is_refused(tmp_path, archive, data_home):
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text(
+        json.dumps({"text": "The shuttle reached orbit", "true_label": "sci.space"})
+        + "\n"
+        + json.dumps({"text": "A new exhaust for my bike", "true_label": "rec.motorcycles"})
+        + "\n"
+    )
+    result = train_cli(
+        tmp_path / "home",
+        "--data-archive",
+        str(archive),
+        "--data-home",
+        str(data_home),
+        "--extra-data",
+        str(extra),
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "extra.jsonl:1: label 'sci.space' is not one of the model's classes" in result.stderr
+    assert not (tmp_path / "home" / "models" / "newsgroups_classifier").exists()
