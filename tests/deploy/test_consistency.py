@@ -98,10 +98,8 @@ def test_object_storage_is_minio_with_its_buckets_and_secret(releases, component
     assert "-config.expand-env=true" in expand
 
 
-def test_buckets_are_not_shared():
-    from conftest import cluster_releases
-
-    buckets = [b for _, found, _ in s3_targets(cluster_releases()).values() for b in found]
+def test_buckets_are_not_shared(releases):
+    buckets = [b for _, found, _ in s3_targets(releases).values() for b in found]
     assert len(buckets) == len(set(buckets))
 
 
