@@ -25,10 +25,22 @@ def data_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def models_home(tmp_path_factory, archive, data_home) -> Path:
+def train(archive, data_home):
+    """`make train` on the shared archive into a given BentoML home, with extra options."""
+
+    def run(home: Path, *args: str, check: bool = True):
+        return train_cli(
+            home, "--data-archive", str(archive), "--data-home", str(data_home), *args, check=check
+        )
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def models_home(tmp_path_factory, train) -> Path:
     """A BentoML home holding a model trained on the default four categories."""
     home = tmp_path_factory.mktemp("bentoml-home")
-    train_cli(home, "--data-archive", str(archive), "--data-home", str(data_home))
+    train(home)
     return home
 
 

@@ -187,6 +187,11 @@ def pump_cri(stream, raw_path: Path, cri_path: Path) -> None:
             cri.write(stamp + b" stdout F " + line)
 
 
+def model_dirs(home: Path) -> list[Path]:
+    """The versions of the classifier in a BentoML home's model store."""
+    return sorted(path for path in (home / "models" / "newsgroups_classifier").iterdir() if path.is_dir())
+
+
 def train_cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run the training command, as `make train` does, with its own BentoML home."""
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}

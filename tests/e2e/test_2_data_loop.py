@@ -12,7 +12,7 @@ import pytest
 import requests
 import stack as st
 
-from helpers import poll_until, start_server, train_cli
+from helpers import model_dirs, poll_until, start_server
 
 
 @pytest.fixture(scope="module")
@@ -111,26 +111,15 @@ def test_selection_for_labelling(stack, loop, tmp_path):
 
 
 def test_training_with_the_export_changes_the_model_and_reports_both_evaluations(
-    stack, loop, tmp_path, models_home, archive, data_home
+    stack, loop, tmp_path, models_home, train
 ):
     output = tmp_path / "feedback.jsonl"
     assert export(stack, "--since", loop["since"], "--output", str(output)).returncode == 0
-    result = train_cli(
-        tmp_path / "home",
-        "--data-archive",
-        str(archive),
-        "--data-home",
-        str(data_home),
-        "--extra-data",
-        str(output),
-    )
+    result = train(tmp_path / "home", "--extra-data", str(output))
     assert "before extra data:" in result.stdout and "+5 labelled records" in result.stdout
     assert "test split:" in result.stdout
-    (old,) = [p.name for p in (models_home / "models" / "newsgroups_classifier").iterdir() if p.is_dir()]
-    (new,) = [
-        p.name for p in (tmp_path / "home" / "models" / "newsgroups_classifier").iterdir() if p.is_dir()
-    ]
-    assert new != old
+    (old,), (new,) = model_dirs(models_home), model_dirs(tmp_path / "home")
+    assert new.name != old.name
 
 
 def test_bad_input_gives_a_clear_message_and_no_file(stack, loop, tmp_path):

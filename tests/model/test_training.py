@@ -9,14 +9,10 @@ import joblib
 import numpy as np
 import pytest
 
-from helpers import train_cli
+from helpers import model_dirs
 from newsgroups_classifier.data import load_split
 from newsgroups_classifier.model import tokenize
 from newsgroups_classifier.monitoring import HISTOGRAM_SIGNALS
-
-
-def model_dirs(home: Path) -> list[Path]:
-    return sorted(path for path in (home / "models" / "newsgroups_classifier").iterdir() if path.is_dir())
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +59,8 @@ def test_metadata_records_labels_metrics_fingerprint_and_versions(model_dir):
     assert {"scikit_learn", "numpy", "bentoml", "python"} <= set(metadata)
 
 
-def test_same_data_gives_the_same_model(model_dir, tmp_path, archive, data_home):
-    train_cli(tmp_path, "--data-archive", str(archive), "--data-home", str(data_home))
+def test_same_data_gives_the_same_model(model_dir, tmp_path, train, data_home):
+    train(tmp_path)
     (again,) = model_dirs(tmp_path)
     assert again.name == model_dir.name  # the version is derived from data and settings
     first, second = joblib.load(model_dir / "saved_model.pkl"), joblib.load(again / "saved_model.pkl")
@@ -85,32 +81,21 @@ def test_baseline_is_a_valid_reference(model_dir):
         assert 0 <= cdf[0] and cdf[-1] <= 1
 
 
-def test_quality_gate_fails_training_and_saves_nothing(tmp_path, archive, data_home):
-    result = train_cli(
-        tmp_path,
-        "--data-archive",
-        str(archive),
-        "--data-home",
-        str(data_home),
-        "--min-macro-f1",
-        "0.99",
-        check=False,
-    )
+def test_quality_gate_fails_training_and_saves_nothing(tmp_path, train):
+    result = train(tmp_path, "--min-macro-f1", "0.99", check=False)
     assert result.returncode == 2
     assert "below the floor 0.99" in result.stderr
     assert not (tmp_path / "models" / "newsgroups_classifier").exists()
 
 
-def test_keeping_headers_is_a_different_model(model_dir, tmp_path, archive, data_home):
-    result = train_cli(
-        tmp_path, "--data-archive", str(archive), "--data-home", str(data_home), "--keep-headers"
-    )
+def test_keeping_headers_is_a_different_model(model_dir, tmp_path, train):
+    result = train(tmp_path, "--keep-headers")
     (other,) = model_dirs(tmp_path)
     assert other.name != model_dir.name
     assert "macro-F1" in result.stdout
 
 
-def test_extra_data_with_a_label_outside_the_models_classes_is_refused(tmp_path, archive, data_home):
+def test_extra_data_with_a_label_outside_the_models_classes_is_refused(tmp_path, train):
     extra = tmp_path / "extra.jsonl"
     extra.write_text(
         json.dumps({"text": "The shuttle reached orbit", "true_label": "sci.space"})
@@ -118,16 +103,7 @@ def test_extra_data_with_a_label_outside_the_models_classes_is_refused(tmp_path,
         + json.dumps({"text": "A new exhaust for my bike", "true_label": "rec.motorcycles"})
         + "\n"
     )
-    result = train_cli(
-        tmp_path / "home",
-        "--data-archive",
-        str(archive),
-        "--data-home",
-        str(data_home),
-        "--extra-data",
-        str(extra),
-        check=False,
-    )
+    result = train(tmp_path / "home", "--extra-data", str(extra), check=False)
     assert result.returncode == 1
     assert "extra.jsonl:1: label 'sci.space' is not one of the model's classes" in result.stderr
     assert not (tmp_path / "home" / "models" / "newsgroups_classifier").exists()
