@@ -21,7 +21,6 @@ from prometheus_client.samples import Exemplar, Sample
 
 from .config import Settings
 
-PIPE_BUF = 4096  # writes up to this size are atomic on a pipe; longer ones take the lock
 EXPORTER_LOGGERS = ("opentelemetry",)
 EXEMPLAR_FILE_PREFIX = "exemplars_"
 
@@ -117,27 +116,28 @@ def json_line(record: logging.LogRecord) -> str:
 
 
 class AtomicStdoutHandler(logging.Handler):
-    """Writes each line with one write(2), so lines from several workers never interleave.
+    """Writes each line to stdout under an advisory lock shared by the workers of this instance.
 
-    Lines longer than PIPE_BUF are not atomic on a pipe: those take an advisory lock shared by the
-    workers of this instance.
+    A write of over PIPE_BUF bytes to a pipe (a container's stdout) can be split, and another
+    process's write can land in between: so every line, short or long, takes the lock.
     """
 
     def __init__(self, lock_path: Path):
         super().__init__()
         self._lock_path = lock_path
+        self._lock_fd: int | None = None  # opened in the worker, so each process has its own
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            data = (self.format(record) + "\n").encode("utf-8", "replace")
-            if len(data) <= PIPE_BUF:
-                os.write(1, data)
-                return
-            with open(self._lock_path, "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                view = memoryview(data)
+            view = memoryview((self.format(record) + "\n").encode("utf-8", "replace"))
+            if self._lock_fd is None:
+                self._lock_fd = os.open(self._lock_path, os.O_CREAT | os.O_WRONLY, 0o600)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
                 while view:
                     view = view[os.write(1, view) :]
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         except Exception:
             self.handleError(record)
 

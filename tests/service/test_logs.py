@@ -80,12 +80,14 @@ def test_prefix_setting_logs_the_first_characters(http_service):
 
 @pytest.fixture(scope="module")
 def verbose_service(models_home, tmp_path_factory):
-    """Two workers logging whole texts: lines far longer than a pipe's atomic write."""
+    """Two workers logging whole texts to a pipe, as in a container: lines longer than its atomic write."""
+    workdir = tmp_path_factory.mktemp("verbose")
     server = start_server(
         models_home,
-        tmp_path_factory.mktemp("verbose"),
+        workdir,
         sample_rate=0.0,
         env={"WORKERS": "2", "LOG_TEXT": "prefix", "LOG_TEXT_CHARS": "100000"},
+        cri_log=workdir / "container.log",  # stdout is a pipe, read line by line
     )
     yield server
     server.stop()
