@@ -41,6 +41,11 @@ REJECTED = Counter(
 )
 
 
+def model_gauge(name: str, help_text: str, labels: list[str]) -> Gauge:
+    """A gauge of the loaded model, set alike by every worker: `max` reports it once, not per worker."""
+    return Gauge(f"{PREFIX}_{name}", help_text, labels, multiprocess_mode="max")
+
+
 def count_rejection(endpoint: str, reason: str) -> None:
     REJECTED.labels(endpoint=endpoint, reason=reason).inc()
 
@@ -78,43 +83,32 @@ class ServiceMetrics:
         self._precreate(classes)
 
     def _publish_baseline(self, model_name: str, classes: list[str], baseline: dict) -> None:
-        info = Gauge(
-            f"{PREFIX}_model_info",
-            "The model being served (value 1)",
-            ["model_name", "model_version"],
-            multiprocess_mode="max",
+        info = model_gauge(
+            "model_info", "The model being served (value 1)", ["model_name", "model_version"]
         )
         info.labels(model_name=model_name, model_version=self.version).set(1)
-        share = Gauge(
-            f"{PREFIX}_baseline_class_share",
+        share = model_gauge(
+            "baseline_class_share",
             "Share of each predicted class on held-out data",
             ["model_version", "label"],
-            multiprocess_mode="max",
         )
         for label in classes:
             share.labels(model_version=self.version, label=label).set(baseline["class_share"][label])
-        Gauge(
-            f"{PREFIX}_baseline_empty_share",
-            "Share of held-out inputs with no known token",
-            ["model_version"],
-            multiprocess_mode="max",
+        model_gauge(
+            "baseline_empty_share", "Share of held-out inputs with no known token", ["model_version"]
         ).labels(self.version).set(baseline["empty_share"])
-        cdf = Gauge(
-            f"{PREFIX}_baseline_cdf",
+        cdf = model_gauge(
+            "baseline_cdf",
             "Held-out share at or below each bucket edge of the signal's histogram (le as in its buckets)",
             ["model_version", "signal", "le"],
-            multiprocess_mode="max",
         )
         for signal in HISTOGRAM_SIGNALS:
             histogram = baseline["histograms"][signal]
             for edge, value in zip(histogram["edges"], histogram["cdf"], strict=True):
                 cdf.labels(model_version=self.version, signal=signal, le=floatToGoString(edge)).set(value)
             cdf.labels(model_version=self.version, signal=signal, le="+Inf").set(1.0)
-        Gauge(
-            f"{PREFIX}_baseline_samples",
-            "Held-out documents the baseline was computed on",
-            ["model_version"],
-            multiprocess_mode="max",
+        model_gauge(
+            "baseline_samples", "Held-out documents the baseline was computed on", ["model_version"]
         ).labels(self.version).set(baseline["samples"])
 
     def _precreate(self, classes: list[str]) -> None:
