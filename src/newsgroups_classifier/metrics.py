@@ -12,6 +12,7 @@ from prometheus_client.utils import floatToGoString
 from .monitoring import HISTOGRAM_SIGNALS, Signals
 
 PREFIX = "newsgroups"
+INFERENCE_HISTOGRAM = f"{PREFIX}_inference_duration_seconds"  # the one with exemplars
 INFERENCE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5)
 ENDPOINTS = ("predict", "predict_batch", "feedback")
 REJECTION_REASONS = (
@@ -68,7 +69,7 @@ class ServiceMetrics:
             [*labels, "predicted_label", "true_label"],
         )
         self.inference_seconds = Histogram(
-            f"{PREFIX}_inference_duration_seconds",
+            INFERENCE_HISTOGRAM,
             "Time spent in the prediction handler (exemplars: trace_id)",
             ["endpoint", *labels],
             buckets=INFERENCE_BUCKETS,
@@ -83,9 +84,7 @@ class ServiceMetrics:
         self._precreate(classes)
 
     def _publish_baseline(self, model_name: str, classes: list[str], baseline: dict) -> None:
-        info = model_gauge(
-            "model_info", "The model being served (value 1)", ["model_name", "model_version"]
-        )
+        info = model_gauge("model_info", "The model being served (value 1)", ["model_name", "model_version"])
         info.labels(model_name=model_name, model_version=self.version).set(1)
         share = model_gauge(
             "baseline_class_share",

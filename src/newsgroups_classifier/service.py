@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 from .config import Settings
 from .feedback import FeedbackError, PredictionIdSigner, SeenIds, signing_key
 from .guard import RequestGuard
-from .metrics import ServiceMetrics, count_rejection
+from .metrics import INFERENCE_BUCKETS, INFERENCE_HISTOGRAM, ServiceMetrics, count_rejection
 from .model import tokenize
 from .monitoring import Signals, signals
 from .telemetry import (
@@ -206,9 +206,9 @@ class NewsgroupsClassifier:
         trace_id, _, sampled = current_ids()
         if sampled:  # an exemplar is only useful when its trace was exported
             self.exemplars.record(
-                self.metrics.inference_seconds._name,
+                INFERENCE_HISTOGRAM,
                 {"endpoint": endpoint, "model_version": self.version},
-                bucket_label(seconds, self.metrics.inference_seconds._upper_bounds),
+                bucket_label(seconds, INFERENCE_BUCKETS),
                 seconds,
                 trace_id,
             )
