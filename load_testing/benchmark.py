@@ -43,7 +43,7 @@ from workload import (
     use_project_defaults,
 )
 
-from helpers import free_port, poll_until, start_server, tail
+from helpers import GiveUp, free_port, poll_until, start_server, tail
 from otlp_receiver import OtlpReceiver
 
 WRK_SCRIPT = Path(__file__).with_name("wrk_bodies.lua")
@@ -54,7 +54,8 @@ EXPORT_DELAY = 6  # seconds: BatchSpanProcessor exports every 5 s
 
 FASTAPI, OFF, NO_TRACES = "FastAPI + uvicorn", "ours, telemetry off", "ours, metrics and logs, no traces"
 FULL, TENTH = "ours, full telemetry", "ours, 10% sampling"
-OFF_AGAIN = f"{OFF}, again (A/A control)"  # the same server twice: the noise floor of every ratio
+# A second server configured as "off": the noise floor of every ratio, which compares two servers.
+OFF_AGAIN = f"{OFF}, a second server (A/A control)"
 OFF_BATCHED, FULL_BATCHED = f"{OFF}, adaptive batching", f"{FULL}, adaptive batching"
 MANY = "{} ({} connections)"
 FULL_COST, TENTH_COST = "full telemetry / telemetry off", "10% sampling / telemetry off"
@@ -63,19 +64,25 @@ BEST_VS_FASTAPI = "best of ours / FastAPI"
 
 @dataclass(frozen=True)
 class Config:
-    """One of our servers: sampling rate and BentoML configuration overrides."""
+    """One of our servers: sampling rate, BentoML configuration overrides, environment."""
 
     sample_rate: float
     traced: bool
     overrides: dict | None = None
+    env: dict | None = None
 
 
-# Telemetry off: no traces sampled, BentoML's request metrics and access log disabled. The prediction
-# log line and the service's own metrics have no switch (see docs/benchmarks.md).
+# Telemetry off: no traces sampled, BentoML's request metrics and access log disabled, and the
+# service's own telemetry (prediction events, ML metrics, inference spans) switched off.
+TELEMETRY_OFF = Config(
+    0.0,
+    False,
+    {"services": {"metrics": {"enabled": False}, "logging": {"access": {"enabled": False}}}},
+    {"TELEMETRY": "off"},
+)
 OUR_SERVERS = {
-    "off": Config(
-        0.0, False, {"services": {"metrics": {"enabled": False}, "logging": {"access": {"enabled": False}}}}
-    ),
+    "off": TELEMETRY_OFF,
+    "off-again": TELEMETRY_OFF,
     "no-traces": Config(0.0, False),
     "full": Config(1.0, True),
     "tenth": Config(0.1, True),
@@ -100,7 +107,7 @@ def targets(connections: int, many: int) -> list[Target]:
         Target(FULL, "full", "/predict", "single", connections),
         Target(TENTH, "tenth", "/predict", "single", connections),
         Target(OFF_BATCHED, "off", "/predict_batch", "batch", connections),
-        Target(OFF_AGAIN, "off", "/predict", "single", connections),
+        Target(OFF_AGAIN, "off-again", "/predict", "single", connections),
         Target(FULL_BATCHED, "full", "/predict_batch", "batch", connections),
         Target(MANY.format(FASTAPI, many), "fastapi", "/predict", "single", many),
         Target(MANY.format(FULL_BATCHED, many), "full", "/predict_batch", "batch", many),
@@ -175,7 +182,7 @@ def start_fastapi(model_folder: Path, workdir: Path) -> Running:
 
     def ready() -> bool:
         if process.poll() is not None:
-            raise AssertionError(f"uvicorn exited with {process.returncode}:\n{tail(log)}")
+            raise GiveUp(f"uvicorn exited with {process.returncode}:\n{tail(log)}")
         return requests.get(f"{url}/healthz", timeout=2).ok
 
     def stop() -> None:
@@ -197,7 +204,7 @@ def start_ours(name: str, config: Config, workdir: Path, receiver: Receiver) -> 
         receiver.endpoint,
         "grpc",
         config.sample_rate,
-        env={"OTEL_RESOURCE_ATTRIBUTES": f"{SERVER_ATTRIBUTE}={name}"},
+        env={"OTEL_RESOURCE_ATTRIBUTES": f"{SERVER_ATTRIBUTE}={name}", **(config.env or {})},
         config_overrides=config.overrides,
     )
     return Running(server.url, server.process.pid, server.stop)
@@ -416,7 +423,7 @@ def ratio(runs: list[Run], numerator: str | list[str], denominator: str, key: st
 def ratios(runs: list[Run], many: int) -> dict:
     ours = [OFF, NO_TRACES, FULL, TENTH, OFF_BATCHED, FULL_BATCHED]
     pairs = {
-        "A/A control: telemetry off, again / telemetry off": (OFF_AGAIN, OFF),
+        "A/A control: a second telemetry-off server / telemetry off": (OFF_AGAIN, OFF),
         FULL_COST: (FULL, OFF),
         TENTH_COST: (TENTH, OFF),
         "metrics and logs, no traces / telemetry off": (NO_TRACES, OFF),

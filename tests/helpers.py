@@ -28,6 +28,10 @@ SERVICE = "newsgroups_classifier.service:NewsgroupsClassifier"
 T = TypeVar("T")
 
 
+class GiveUp(AssertionError):
+    """Raised by a polled check when waiting longer cannot help (the process it waits for exited)."""
+
+
 def poll_until(
     check: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.2, what: str = ""
 ) -> T:
@@ -39,6 +43,8 @@ def poll_until(
             result = check()
             if result:
                 return result
+        except GiveUp:
+            raise
         except Exception as exc:  # the thing polled may not be up yet
             last_error = exc
         time.sleep(interval)
@@ -167,7 +173,7 @@ def start_server(
 
     def ready() -> bool:
         if process.poll() is not None:
-            raise AssertionError(f"bentoml serve exited with {process.returncode}:\n{tail(log_path)}")
+            raise GiveUp(f"bentoml serve exited with {process.returncode}:\n{tail(log_path)}")
         return requests.get(f"{server.url}/readyz", timeout=2).status_code == 200
 
     try:

@@ -22,6 +22,9 @@ class ReceivedSpan:
     parent_span_id: str
     attributes: dict
     resource: dict
+    scope: str = ""
+    start_ns: int = 0
+    end_ns: int = 0
 
 
 def _value(value: AnyValue):
@@ -66,6 +69,9 @@ class OtlpReceiver:
                             parent_span_id=span.parent_span_id.hex(),
                             attributes=_attributes(span.attributes),
                             resource=resource,
+                            scope=scope_spans.scope.name,
+                            start_ns=span.start_time_unix_nano,
+                            end_ns=span.end_time_unix_nano,
                         )
                     )
         with self._lock:

@@ -18,6 +18,15 @@ def _int(name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _switch(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("on", "off"):
+        raise ValueError(f"{name} must be on or off, got {raw!r}")
+    return raw == "on"
+
+
 @dataclass(frozen=True)
 class Settings:
     model_tag: str = field(default_factory=lambda: os.environ.get("MODEL_TAG", f"{MODEL_NAME}:latest"))
@@ -31,6 +40,9 @@ class Settings:
     feedback_max_age_seconds: int = field(
         default_factory=lambda: _int("FEEDBACK_MAX_AGE_SECONDS", 7 * 24 * 3600)
     )
+    # Off: no prediction events, ML metrics or inference spans (BentoML's own telemetry has its own
+    # switches). For measuring what telemetry costs, not for production.
+    telemetry: bool = field(default_factory=lambda: _switch("TELEMETRY", True))
     environment: str = field(default_factory=lambda: os.environ.get("DEPLOYMENT_ENVIRONMENT", "local"))
     pod_name: str = field(default_factory=lambda: os.environ.get("POD_NAME", ""))
     pod_namespace: str = field(default_factory=lambda: os.environ.get("POD_NAMESPACE", ""))

@@ -13,10 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
 from .metrics import count_rejection
-from .telemetry import openmetrics_exposition
+from .telemetry import PROPAGATOR, openmetrics_exposition
 
 RAW_TEXT_TYPES = ("text/plain", "application/x-www-form-urlencoded", "")
 JSON_TYPE = "application/json"
@@ -102,7 +100,7 @@ def batch_body(body: bytes, media_type: str, _charset: str, limit: int) -> dict:
     if len(texts) > limit:
         raise Rejection(413, "batch_too_large", f"batch of {len(texts)} texts is over the limit of {limit}")
     carrier: dict[str, str] = {}
-    TraceContextTextMapPropagator().inject(carrier)  # the request's server span is current here
+    PROPAGATOR.inject(carrier)  # the request's server span is current here
     traceparent = carrier.get("traceparent", "")
     return {
         "items": [

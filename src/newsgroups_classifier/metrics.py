@@ -40,6 +40,10 @@ SIGNAL_HISTOGRAMS = {
 REJECTED = Counter(
     f"{PREFIX}_rejected_requests", "Requests rejected with a 4xx, by reason", ["endpoint", "reason"]
 )
+DROPPED_LINES = Counter(
+    f"{PREFIX}_log_lines_dropped",
+    "Log lines and prediction events dropped (not logged, not counted) while stdout was blocked",
+)
 
 
 def model_gauge(name: str, help_text: str, labels: list[str]) -> Gauge:
@@ -111,26 +115,35 @@ class ServiceMetrics:
         ).labels(self.version).set(baseline["samples"])
 
     def _precreate(self, classes: list[str]) -> None:
-        """Every label combination exists from the start, so rates and ratios have no missing series."""
+        """Every label combination exists from the start, so rates and ratios have no missing series.
+
+        The children a prediction touches are kept: looking them up per request costs more than the
+        observation itself.
+        """
+        self._predicted = {label: self.predictions.labels(self.version, label) for label in classes}
         for label in classes:
-            self.predictions.labels(self.version, label)
             for true_label in classes:
                 self.feedback.labels(self.version, label, true_label)
-        self.empty_inputs.labels(self.version)
+        self._empty = self.empty_inputs.labels(self.version)
         for endpoint in ENDPOINTS:
             for reason in REJECTION_REASONS:
                 REJECTED.labels(endpoint=endpoint, reason=reason)
-        for endpoint in ENDPOINTS[:2]:
-            self.inference_seconds.labels(endpoint, self.version)
-        for histogram in self.signal_histograms.values():
-            histogram.labels(self.version)
+        self._inference = {
+            endpoint: self.inference_seconds.labels(endpoint, self.version) for endpoint in ENDPOINTS[:2]
+        }
+        self._signals = [
+            (signal, histogram.labels(self.version)) for signal, histogram in self.signal_histograms.items()
+        ]
 
     def observe_prediction(self, label: str, signals: Signals) -> None:
-        self.predictions.labels(self.version, label).inc()
+        self._predicted[label].inc()
         if signals.empty:
-            self.empty_inputs.labels(self.version).inc()
-        for signal, histogram in self.signal_histograms.items():
-            histogram.labels(self.version).observe(signals.value(signal))
+            self._empty.inc()
+        for signal, histogram in self._signals:
+            histogram.observe(signals.value(signal))
+
+    def observe_inference_seconds(self, endpoint: str, seconds: float) -> None:
+        self._inference[endpoint].observe(seconds)
 
     def observe_feedback(self, model_version: str, predicted: str, true_label: str) -> None:
         self.feedback.labels(model_version, predicted, true_label).inc()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -12,30 +11,33 @@ from pathlib import Path
 import bentoml
 import numpy as np
 from bentoml._internal.configuration.containers import BentoMLContainer
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry import trace
 from pydantic import BaseModel
 from starlette.responses import JSONResponse
 
 from .config import Settings
+from .events import LOGGER as EVENTS_LOGGER
+from .events import PredictionEvent, PredictionEvents, text_field
 from .feedback import FeedbackError, PredictionIdSigner, SeenIds, signing_key
 from .guard import RequestGuard
 from .metrics import INFERENCE_BUCKETS, INFERENCE_HISTOGRAM, ServiceMetrics, count_rejection
 from .model import tokenize
-from .monitoring import Signals, signals
 from .telemetry import (
     ExemplarStore,
+    Step,
     bucket_label,
-    current_ids,
+    cache_resource_hashes,
     export_resource_attributes,
     install_json_logging,
+    record_inference,
+    request_context,
     skip_asgi_send_receive_spans,
     tracer,
 )
 from .training import BASELINE_FILE
 
 settings = Settings()
-PROPAGATOR = TraceContextTextMapPropagator()
-logger = logging.getLogger("newsgroups_classifier.predictions")
+logger = logging.getLogger(EVENTS_LOGGER)
 
 
 def resolve_model(tag: str) -> bentoml.Model:
@@ -51,6 +53,7 @@ def resolve_model(tag: str) -> bentoml.Model:
 STORED_MODEL = resolve_model(settings.model_tag)
 export_resource_attributes(settings, STORED_MODEL.tag.version)
 skip_asgi_send_receive_spans()
+cache_resource_hashes()
 
 
 class BatchItem(BaseModel):
@@ -72,7 +75,7 @@ class NewsgroupsClassifier:
 
     def __init__(self) -> None:
         home = Path(BentoMLContainer.bentoml_home.get())
-        install_json_logging(home / "stdout.lock")
+        self.stdout = install_json_logging(home / "stdout.lock")
         stored = self.model_ref  # resolved to the stored model inside the service
         self.version = stored.tag.version
         self.pipeline = bentoml.sklearn.load_model(stored)
@@ -85,9 +88,16 @@ class NewsgroupsClassifier:
             signing_key(settings.feedback_signing_key, home), settings.feedback_max_age_seconds
         )
         self.seen = SeenIds(home / "feedback-seen.sqlite", settings.feedback_max_age_seconds)
+        self.events = PredictionEvents(self.metrics, self.vectorizer.vocabulary_, self.stdout)
         self.exemplars = ExemplarStore(Path(BentoMLContainer.prometheus_multiproc_dir.get()))
         self.tracer = tracer()
         self.model_attributes = {"model.name": stored.tag.name, "model.version": self.version}
+
+    @bentoml.on_shutdown
+    def flush_logs(self) -> None:
+        """After the last request: write what is pending, and the rest unbuffered (the worker then
+        exits without running atexit hooks)."""
+        self.stdout.stop_buffering()
 
     @bentoml.api(route="/predict")
     def predict(self, text: str) -> Prediction:
@@ -127,7 +137,7 @@ class NewsgroupsClassifier:
         return {"status": "recorded", "correct": ref.label == label}
 
     def _predict_many(self, items: list[BatchItem], endpoint: str) -> list[Prediction]:
-        """Run the model once over all items, then trace, log and count each request's share."""
+        """Run the model once over all items (their steps timed for the traces), then record."""
         started, started_ns, steps = time.perf_counter(), time.time_ns(), []
         texts = [item.text for item in items]
         tokens = [tokenize(text) for text in texts]
@@ -136,81 +146,77 @@ class NewsgroupsClassifier:
         steps.append(("vectorize", steps[-1][2], time.time_ns()))
         probabilities = self.classifier.predict_proba(features)
         steps.append(("predict", steps[-1][2], time.time_ns()))
-        results: list[Prediction] = []
+        predictions = [self._prediction(row) for row in probabilities]
+        steps.append(("postprocess", steps[-1][2], time.time_ns()))
+        if settings.telemetry:
+            self._record(endpoint, items, tokens, probabilities, predictions, steps, started)
+        return predictions
+
+    def _record(
+        self,
+        endpoint: str,
+        items: list[BatchItem],
+        tokens: list[list[str]],
+        probabilities: np.ndarray,
+        predictions: list[Prediction],
+        steps: list[Step],
+        started: float,
+    ) -> None:
+        """For each request of the batch: its spans, its prediction events and its latency."""
+        latency, ended_ns = time.perf_counter() - started, time.time_ns()
         for traceparent, group in groupby(range(len(items)), key=lambda i: items[i].traceparent):
             indices = list(group)
-            parent = PROPAGATOR.extract({"traceparent": traceparent}) if traceparent else None
             attributes = {
                 **self.model_attributes,
                 "batch.size": len(items),
-                "input.length": sum(len(texts[i]) for i in indices),
+                "input.length": sum(len(items[i].text) for i in indices),
             }
-            with self.tracer.start_as_current_span(
-                "inference", context=parent, start_time=started_ns, attributes=attributes
-            ) as span:
-                for name, start, end in steps:  # shared by every request of the batch
-                    self.tracer.start_span(name, start_time=start).end(end_time=end)
-                with self.tracer.start_as_current_span("postprocess"):
-                    batch = [
-                        self._finish(texts[i], tokens[i], probabilities[i], endpoint, started)
-                        for i in indices
-                    ]
-                if len(batch) == 1:
-                    span.set_attribute("prediction.label", batch[0].label)
-                    span.set_attribute("prediction.confidence", batch[0].confidence)
-                self._observe_latency(endpoint, time.perf_counter() - started)
-            results += batch
-        return results
+            if len(indices) == 1:
+                attributes["prediction.label"] = predictions[indices[0]].label
+                attributes["prediction.confidence"] = predictions[indices[0]].confidence
+            context = record_inference(
+                self.tracer, request_context(traceparent), steps[0][1], ended_ns, attributes, steps
+            )
+            for i in indices:
+                self.events.record(
+                    PredictionEvent(
+                        created=time.time(),
+                        endpoint=endpoint,
+                        prediction_id=predictions[i].prediction_id,
+                        model_version=self.version,
+                        label=predictions[i].label,
+                        confidence=predictions[i].confidence,
+                        latency_ms=round(latency * 1000, 3),
+                        input_chars=len(items[i].text),
+                        tokens=tokens[i],
+                        probabilities=probabilities[i],
+                        trace_id=context.trace_id,
+                        span_id=context.span_id,
+                        text_field=text_field(items[i].text, settings),
+                    )
+                )
+            self._observe_latency(endpoint, latency, context)
 
-    def _finish(
-        self, text: str, tokens: list[str], row: np.ndarray, endpoint: str, started: float
-    ) -> Prediction:
+    def _prediction(self, row: np.ndarray) -> Prediction:
         best = int(np.argmax(row))
         label = self.classes[best]
-        observed = signals(tokens, self.vectorizer.vocabulary_, row)
-        self.metrics.observe_prediction(label, observed)
-        prediction = Prediction(
+        return Prediction(
             label=label,
             confidence=round(float(row[best]), 6),
             probabilities={c: round(float(p), 6) for c, p in zip(self.classes, row, strict=True)},
             model_version=self.version,
             prediction_id=self.signer.issue(self.version, label),
         )
-        self._log_prediction(prediction, text, observed, endpoint, started)
-        return prediction
 
-    def _log_prediction(
-        self, prediction: Prediction, text: str, observed: Signals, endpoint: str, started: float
-    ) -> None:
-        fields = {
-            "endpoint": endpoint,
-            "prediction_id": prediction.prediction_id,
-            "model_version": prediction.model_version,
-            "label": prediction.label,
-            "confidence": prediction.confidence,
-            "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-            "input_chars": len(text),
-            "input_tokens": observed.token_count,
-            "oov_ratio": round(observed.oov_ratio, 4),
-            "empty_input": observed.empty,
-        }
-        if settings.log_text == "hash":
-            fields["text_sha256"] = hashlib.sha256(text.encode()).hexdigest()
-        elif settings.log_text == "prefix":
-            fields["text"] = text[: settings.log_text_chars]
-        logger.info("prediction", extra={"fields": fields})
-
-    def _observe_latency(self, endpoint: str, seconds: float) -> None:
-        histogram = self.metrics.inference_seconds.labels(endpoint, self.version)
-        histogram.observe(seconds)
-        trace_id, _, sampled = current_ids()
-        if sampled:  # an exemplar is only useful when its trace was exported
+    def _observe_latency(self, endpoint: str, seconds: float, context: trace.SpanContext) -> None:
+        self.metrics.observe_inference_seconds(endpoint, seconds)
+        if context.trace_flags.sampled:  # an exemplar is only useful when its trace was exported
             self.exemplars.record(
                 INFERENCE_HISTOGRAM,
                 {"endpoint": endpoint, "model_version": self.version},
                 bucket_label(seconds, INFERENCE_BUCKETS),
                 seconds,
-                trace_id,
+                f"{context.trace_id:032x}",
             )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import requests
 import yaml
 
-from helpers import REPO, free_port, poll_until, tail
+from helpers import REPO, GiveUp, free_port, poll_until, tail
 
 BUILD = REPO / "tests" / "e2e" / "stack" / "build.sh"
 HELM_CONFIG = REPO / "helm-config"
@@ -83,7 +83,7 @@ class Program:
 
     def _ready(self) -> bool:
         if self.process.poll() is not None:
-            raise AssertionError(f"{self.name} exited with {self.process.returncode}:\n{tail(self.log)}")
+            raise GiveUp(f"{self.name} exited with {self.process.returncode}:\n{tail(self.log)}")
         return requests.get(self.ready_url, timeout=2).status_code == 200
 
     def stop(self, timeout: float = 20) -> int | None:

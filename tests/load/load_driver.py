@@ -141,7 +141,10 @@ def predictions(
         position += 1
 
 
+def predictions_of(outcome: Outcome) -> list[dict]:
+    """The predictions of a 2xx prediction outcome, in the order of its documents."""
+    return outcome.body if isinstance(outcome.body, list) else [outcome.body]
+
+
 def labels(outcome: Outcome) -> tuple[str, ...]:
-    """The predicted labels of a 2xx prediction outcome, in the order of its documents."""
-    body = outcome.body if isinstance(outcome.body, list) else [outcome.body]
-    return tuple(prediction["label"] for prediction in body)
+    return tuple(prediction["label"] for prediction in predictions_of(outcome))

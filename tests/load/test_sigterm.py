@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import signal
 import subprocess
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from load_driver import Load, Request, describe
+from load_driver import Load, Request, describe, predictions_of
 from workload import process_tree
 
 from helpers import REPO, poll_until, start_server
@@ -69,7 +70,14 @@ def test_sigterm_lets_requests_in_flight_finish(models_home, docs, tmp_path):
     assert code == 0, f"exit status {code} after SIGTERM"
     left = [p.pid for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not left, f"processes of the service still running after it exited: {left}"
+    # Prediction events are written in bulk: the worker writes what is pending before it exits.
+    answered = {p["prediction_id"] for outcome in outcomes if outcome.ok for p in predictions_of(outcome)}
+    events = [json.loads(line) for line in server.log_lines() if line.startswith('{"')]
+    logged = {event["prediction_id"] for event in events if event.get("event") == "prediction"}
+    missing = answered - logged
+    assert not missing, f"{len(missing)} of {len(answered)} answered predictions have no event in the log"
     print(
         f"{len(in_flight)} requests in flight at SIGTERM, all answered 200; "
-        f"exit status 0 after {exited - signalled:.1f} s (grace period {grace:g} s)"
+        f"exit status 0 after {exited - signalled:.1f} s (grace period {grace:g} s); "
+        f"all {len(answered)} answered predictions logged"
     )

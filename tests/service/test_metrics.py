@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 
 import requests
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
@@ -70,10 +71,15 @@ def test_counts_move_by_exactly_the_requests_made_with_two_workers(service):
     ]
     batch = requests.post(f"{service.url}/predict_batch", json={"texts": [TEXT] * 5}, timeout=10).json()
     requests.post(f"{service.url}/predict", data=b"   ", headers={"Content-Type": "text/plain"}, timeout=10)
+    name = "newsgroups_predictions_total"
+    # Each worker counts its prediction events in bulk a moment later (newsgroups_classifier.events).
+    poll_until(
+        lambda: value(scrape(service.url), name) - value(before, name) >= 35, timeout=10, what="the counts"
+    )
+    time.sleep(0.5)  # a few more flushes: nothing is counted twice
     after = scrape(service.url)
     label = labels[0]
     assert set(labels) == {label} and all(p["label"] == label for p in batch)
-    name = "newsgroups_predictions_total"
     assert value(after, name, label=label) - value(before, name, label=label) == 35
     assert value(after, name) - value(before, name) == 35
     confidence = "newsgroups_prediction_confidence_count"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from itertools import pairwise
 
 import pytest
 import requests
@@ -36,8 +37,15 @@ def assert_inference_trace(receiver, trace_id: str, parent_id: str, model_versio
     assert "predict" in server.name.lower() or server.attributes.get("http.target") == "/predict"
     inference = by_name["inference"]
     assert inference.parent_span_id == server.span_id
+    assert inference.scope == by_name["predict"].scope == "newsgroups_classifier"
     for step in INFERENCE_STEPS:
         assert by_name[step].parent_span_id == inference.span_id, step
+    # The steps follow each other inside `inference`, itself inside the server span.
+    steps = [by_name[step] for step in INFERENCE_STEPS]
+    assert server.start_ns <= inference.start_ns == steps[0].start_ns
+    assert all(a.end_ns == b.start_ns for a, b in pairwise(steps))
+    assert all(step.start_ns <= step.end_ns for step in steps)
+    assert steps[-1].end_ns <= inference.end_ns <= server.end_ns
     assert inference.attributes["model.name"] == "newsgroups_classifier"
     assert inference.attributes["model.version"] == model_version
     assert inference.attributes["prediction.label"] == "rec.motorcycles"
