@@ -635,7 +635,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--seconds", type=int, default=4, help="length of each measured load run")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of load per configuration first")
     parser.add_argument("--connections", type=int, default=16, help="concurrent connections of the main rows")
