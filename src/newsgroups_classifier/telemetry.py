@@ -243,7 +243,11 @@ class BufferedStdout:
             pending = []
             while self._pending:
                 render, item = self._pending.popleft()
-                pending.append(render(item))
+                try:
+                    pending.append(render(item))
+                except Exception as error:  # one bad item must not cost the others their lines
+                    body = {"message": f"could not render a log line: {error!r}"}
+                    pending.append(event_line(time.time(), "error", __name__, (0, 0), body))
             self._write_locked("".join(pending) + text)
 
     def flush(self) -> None:
@@ -271,8 +275,8 @@ class BufferedStdout:
             time.sleep(self._interval)
             try:
                 self.flush()
-            except Exception:  # a failed render must not stop the thread; report it on stderr
-                logging.getLogger(__name__).exception("writing buffered log lines failed")
+            except OSError:  # stdout gone: nothing to report it on, and the next flush may work
+                pass
 
 
 class StdoutHandler(logging.Handler):

@@ -1,0 +1,55 @@
+"""BufferedStdout, in this process: lines whole and in order, nothing lost to a bad item, a bound."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from newsgroups_classifier.telemetry import BufferedStdout
+
+
+def lines(capfd) -> list[str]:
+    return capfd.readouterr().out.splitlines()
+
+
+def test_lines_from_many_threads_come_out_whole_and_in_each_threads_order(tmp_path, capfd):
+    stdout = BufferedStdout(tmp_path / "lock", interval=0.01)
+    long = "x" * 100_000  # far over a pipe's atomic write size
+
+    def emit(thread: int) -> None:
+        for i in range(200):
+            stdout.put(lambda item: json.dumps(item) + "\n", {"thread": thread, "i": i, "pad": long})
+
+    threads = [threading.Thread(target=emit, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stdout.flush()
+    events = [json.loads(line) for line in lines(capfd)]
+    assert len(events) == 800
+    for thread in range(4):
+        assert [e["i"] for e in events if e["thread"] == thread] == list(range(200))
+
+
+def test_a_failing_render_costs_only_its_own_line(tmp_path, capfd):
+    stdout = BufferedStdout(tmp_path / "lock", interval=3600)  # flushed by hand only
+    stdout.put(lambda item: f"{item}\n", "before")
+    stdout.put(lambda item: 1 / 0, "bad")
+    stdout.put(lambda item: f"{item}\n", "after")
+    stdout.write("now\n")  # written after what is pending
+    output = lines(capfd)
+    assert output[0] == "before" and output[2:] == ["after", "now"]
+    error = json.loads(output[1])
+    assert error["level"] == "error" and "ZeroDivisionError" in error["message"]
+
+
+def test_a_full_buffer_drops_and_says_so_and_stop_buffering_writes_at_once(tmp_path, capfd):
+    stdout = BufferedStdout(tmp_path / "lock", interval=3600, max_pending=2)
+    assert stdout.put(str.upper, "a\n") and stdout.put(str.upper, "b\n")
+    assert not stdout.put(str.upper, "c\n")  # stdout blocked for long: dropped, not held
+    assert lines(capfd) == []
+    stdout.stop_buffering()
+    assert lines(capfd) == ["A", "B"]
+    assert stdout.put(str.upper, "d\n")
+    assert lines(capfd) == ["D"]
