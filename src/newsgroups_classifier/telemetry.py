@@ -80,8 +80,8 @@ def cache_resource_hashes() -> None:
     """Compute each OpenTelemetry Resource's hash once, not per exported span.
 
     The OTLP encoder groups spans by resource, as dictionary keys, and `Resource.__hash__` serialises
-    all the resource's attributes to JSON on every call: 8 us per span, a quarter of the exporter's
-    CPU here. Resources are immutable, so the first hash is the hash.
+    all the resource's attributes to JSON on every call: encoding a span without attributes took 12.3
+    us, 7.5 with the hash cached. Resources are immutable, so the first hash is the hash.
     """
     from opentelemetry.sdk.resources import Resource
 
