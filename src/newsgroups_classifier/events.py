@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import Settings
-from .metrics import DROPPED_LINES, ServiceMetrics
+from .metrics import ServiceMetrics
 from .monitoring import signals
 from .telemetry import BufferedStdout, event_line
 
@@ -29,7 +29,6 @@ class PredictionEvent:
     created: float  # time.time()
     endpoint: str
     prediction_id: str
-    model_version: str
     label: str
     confidence: float
     latency_ms: float
@@ -59,8 +58,7 @@ class PredictionEvents:
         self._stdout = stdout
 
     def record(self, event: PredictionEvent) -> None:
-        if not self._stdout.put(self._line, event):
-            DROPPED_LINES.inc()
+        self._stdout.put(self._line, event)
 
     def _line(self, event: PredictionEvent) -> str:
         observed = signals(event.tokens, self._vocabulary, event.probabilities)
@@ -68,7 +66,7 @@ class PredictionEvents:
         fields = {
             "endpoint": event.endpoint,
             "prediction_id": event.prediction_id,
-            "model_version": event.model_version,
+            "model_version": self._metrics.version,
             "label": event.label,
             "confidence": event.confidence,
             "latency_ms": event.latency_ms,

@@ -164,6 +164,7 @@ class NewsgroupsClassifier:
     ) -> None:
         """For each request of the batch: its spans, its prediction events and its latency."""
         latency, ended_ns = time.perf_counter() - started, time.time_ns()
+        latency_ms = round(latency * 1000, 3)
         for traceparent, group in groupby(range(len(items)), key=lambda i: items[i].traceparent):
             indices = list(group)
             attributes = {
@@ -183,10 +184,9 @@ class NewsgroupsClassifier:
                         created=time.time(),
                         endpoint=endpoint,
                         prediction_id=predictions[i].prediction_id,
-                        model_version=self.version,
                         label=predictions[i].label,
                         confidence=predictions[i].confidence,
-                        latency_ms=round(latency * 1000, 3),
+                        latency_ms=latency_ms,
                         input_chars=len(items[i].text),
                         tokens=tokens[i],
                         probabilities=probabilities[i],

@@ -228,10 +228,11 @@ class BufferedStdout:
         threading.Thread(target=self._flush_forever, name="stdout-flush", daemon=True).start()
 
     def put(self, render: Callable[[T], str], item: T) -> bool:
-        """Queue `item`, to be written as `render(item)`; False if it was dropped."""
+        """Queue `item`, to be written as `render(item)`; False if it was dropped (and counted)."""
         if not self._buffering:
             self.write(render(item))
         elif len(self._pending) >= self._max_pending:
+            DROPPED_LINES.inc()
             return False
         else:
             self._pending.append((render, item))
@@ -292,8 +293,8 @@ class StdoutHandler(logging.Handler):
             record.trace_ids = current_ids()  # rendered later, outside the request's context
             if record.levelno >= logging.WARNING:
                 self.stdout.write(self.format(record))
-            elif not self.stdout.put(self.format, record):
-                DROPPED_LINES.inc()
+            else:
+                self.stdout.put(self.format, record)
         except Exception:
             self.handleError(record)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import threading
 
+from prometheus_client import REGISTRY
+
 from newsgroups_classifier.telemetry import BufferedStdout
 
 
@@ -46,8 +48,10 @@ def test_a_failing_render_costs_only_its_own_line(tmp_path, capfd):
 
 def test_a_full_buffer_drops_and_says_so_and_stop_buffering_writes_at_once(tmp_path, capfd):
     stdout = BufferedStdout(tmp_path / "lock", interval=3600, max_pending=2)
+    dropped = REGISTRY.get_sample_value("newsgroups_log_lines_dropped_total")
     assert stdout.put(str.upper, "a\n") and stdout.put(str.upper, "b\n")
     assert not stdout.put(str.upper, "c\n")  # stdout blocked for long: dropped, not held
+    assert REGISTRY.get_sample_value("newsgroups_log_lines_dropped_total") == dropped + 1
     assert lines(capfd) == []
     stdout.stop_buffering()
     assert lines(capfd) == ["A", "B"]
