@@ -22,6 +22,7 @@ from .feedback import FeedbackError, PredictionIdSigner, SeenIds, signing_key
 from .guard import RequestGuard
 from .metrics import INFERENCE_BUCKETS, INFERENCE_HISTOGRAM, ServiceMetrics, count_rejection
 from .model import tokenize
+from .span_encoding import use_for_otlp_exporters
 from .telemetry import (
     ExemplarStore,
     Step,
@@ -54,6 +55,7 @@ STORED_MODEL = resolve_model(settings.model_tag)
 export_resource_attributes(settings, STORED_MODEL.tag.version)
 skip_asgi_send_receive_spans()
 cache_resource_hashes()
+use_for_otlp_exporters()
 
 
 class BatchItem(BaseModel):
@@ -213,7 +215,7 @@ class NewsgroupsClassifier:
         if context.trace_flags.sampled:  # an exemplar is only useful when its trace was exported
             self.exemplars.record(
                 INFERENCE_HISTOGRAM,
-                {"endpoint": endpoint, "model_version": self.version},
+                (("endpoint", endpoint), ("model_version", self.version)),
                 bucket_label(seconds, INFERENCE_BUCKETS),
                 seconds,
                 f"{context.trace_id:032x}",

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.samples import Exemplar, Sample
+from prometheus_client.utils import floatToGoString
 
 from .config import Settings
 from .metrics import DROPPED_LINES
@@ -335,6 +336,10 @@ def install_json_logging(lock_path: Path) -> BufferedStdout:
 
     Called from the service's __init__, which runs after the worker has configured logging.
     """
+    # Lines never show the caller's file, thread or process: do not collect them for every record
+    # (the logging HOWTO's "Optimization" section; finding the caller walks the stack).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     stdout = BufferedStdout(lock_path)
     handler = StdoutHandler(stdout)
     handler.setFormatter(JsonFormatter())
@@ -363,24 +368,29 @@ class ExemplarStore:
 
     def __init__(self, directory: Path, flush_interval: float = 0.5):
         self._path = directory / f"{EXEMPLAR_FILE_PREFIX}{os.getpid()}.json"
-        self._exemplars: dict[str, list] = {}
+        self._exemplars: dict[tuple, tuple[str, float, float]] = {}
         self._lock = threading.Lock()
         self._dirty = threading.Event()
         self._interval = flush_interval
         threading.Thread(target=self._flush_forever, name="exemplar-flush", daemon=True).start()
 
-    def record(self, metric: str, labels: dict[str, str], bucket: str, value: float, trace_id: str) -> None:
-        key = json.dumps([metric, sorted(labels.items()), bucket])
+    def record(self, metric: str, labels: tuple, bucket: str, value: float, trace_id: str) -> None:
+        """Keep `trace_id` as the exemplar of `metric`'s bucket `bucket` for `labels`, a tuple of
+        (name, value) pairs sorted by name. On the request path: the file is written by a thread."""
         with self._lock:
-            self._exemplars[key] = [trace_id, value, time.time()]
-        self._dirty.set()
+            self._exemplars[(metric, labels, bucket)] = (trace_id, value, time.time())
+        if not self._dirty.is_set():
+            self._dirty.set()
 
     def _flush_forever(self) -> None:
         while True:
             self._dirty.wait()
             self._dirty.clear()
             with self._lock:
-                data = json.dumps(self._exemplars)
+                entries = list(self._exemplars.items())
+            data = json.dumps(
+                {json.dumps([m, labels, bucket]): entry for (m, labels, bucket), entry in entries}
+            )
             partial = self._path.with_suffix(".tmp")
             partial.write_text(data)
             os.replace(partial, self._path)
@@ -389,8 +399,6 @@ class ExemplarStore:
 
 def bucket_label(value: float, upper_bounds: Iterable[float]) -> str:
     """The `le` label of the bucket a value falls in, spelled as prometheus_client spells it."""
-    from prometheus_client.utils import floatToGoString
-
     for bound in upper_bounds:
         if value <= bound:
             return floatToGoString(bound)
