@@ -29,6 +29,7 @@ from .telemetry import (
     bucket_label,
     cache_resource_hashes,
     export_resource_attributes,
+    flush_spans,
     install_json_logging,
     record_inference,
     request_context,
@@ -96,10 +97,11 @@ class NewsgroupsClassifier:
         self.model_attributes = {"model.name": stored.tag.name, "model.version": self.version}
 
     @bentoml.on_shutdown
-    def flush_logs(self) -> None:
-        """After the last request: write what is pending, and the rest unbuffered (the worker then
-        exits without running atexit hooks)."""
+    def flush_telemetry(self) -> None:
+        """After the last request: write the pending log lines (the rest unbuffered) and export the
+        pending spans, since the worker then exits without running atexit hooks."""
         self.stdout.stop_buffering()
+        flush_spans()
 
     @bentoml.api(route="/predict")
     def predict(self, text: str) -> Prediction:

@@ -34,6 +34,7 @@ T = TypeVar("T")
 PROPAGATOR = TraceContextTextMapPropagator()
 SCOPE = InstrumentationScope("newsgroups_classifier")  # of our spans
 Step = tuple[str, int, int]  # name, start and end in ns since the epoch
+SPAN_FLUSH_SECONDS = 5.0  # at shutdown; the Deployment's grace period is 30 s
 
 
 # --- resource attributes -------------------------------------------------------------------------
@@ -108,6 +109,23 @@ def tracer() -> sdk_trace.Tracer:
     from bentoml._internal.configuration.containers import BentoMLContainer
 
     return BentoMLContainer.tracer_provider.get().get_tracer(SCOPE.name)
+
+
+def flush_spans(timeout_seconds: float = SPAN_FLUSH_SECONDS) -> None:
+    """Export the spans still waiting in the span processor's batch, for at most `timeout_seconds`.
+
+    For shutdown: the worker exits without running atexit hooks, so the last batch (up to 511 spans,
+    or 5 s of traffic) would die with it. The SDK's `force_flush` ignores its timeout and a hung
+    collector holds each export for the exporter's timeout, so it runs in a thread that is waited for
+    no longer than the bound.
+    """
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    flushing = threading.Thread(
+        target=BentoMLContainer.tracer_provider.get().force_flush, name="span-flush", daemon=True
+    )
+    flushing.start()
+    flushing.join(timeout_seconds)
 
 
 def request_context(traceparent: str = "") -> trace.SpanContext:

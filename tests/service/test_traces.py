@@ -8,7 +8,7 @@ from itertools import pairwise
 import pytest
 import requests
 
-from helpers import poll_until
+from helpers import poll_until, start_server
 
 INFERENCE_STEPS = ("preprocess", "vectorize", "predict", "postprocess")
 TEXT = "My motorcycle needs a new chain and the dealer wants too much for it"
@@ -108,3 +108,16 @@ def test_each_request_of_an_adaptive_batch_keeps_its_own_trace(grpc_service, rec
         )
     batch_sizes = {s.attributes["batch.size"] for s in receiver.spans if s.name == "inference"}
     assert max(batch_sizes) > 2, "no two requests were ever batched together"
+
+
+def test_spans_still_waiting_for_their_batch_are_exported_at_shutdown(models_home, receiver, tmp_path):
+    # 20 requests make 120 spans: fewer than a batch (512), sent faster than the exporter's schedule
+    # (5 s). Without the shutdown flush, they would die with the worker.
+    server = start_server(models_home, tmp_path, receiver.grpc_endpoint, "grpc", 1.0)
+    try:
+        sent = [traced_request(server.url)[0] for _ in range(20)]
+    finally:
+        assert server.stop() == 0
+    expected = {"inference", *INFERENCE_STEPS}
+    lost = [t for t in sent if not expected <= {span.name for span in receiver.trace(t)}]
+    assert not lost, f"{len(lost)} of {len(sent)} traces lost at shutdown"
