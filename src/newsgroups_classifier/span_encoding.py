@@ -4,10 +4,10 @@ The stock encoder (`opentelemetry.exporter.otlp.proto.common`) builds a protobuf
 span, attribute and value, with a chain of isinstance tests per value: with every request traced, it
 was 90% of the span exporter's time. This writes the protobuf wire format directly (a span is a
 concatenation of its fields) and keeps the bytes of what repeats from span to span: resources,
-scopes and most attributes (`http.method=POST`, `model.version=...`). The result is parsed into the
-same `ExportTraceServiceRequest` for the exporter (in C, a few microseconds). Values the fast path
-does not know (mappings, bytes, out-of-range integers) go through the stock encoder, so the message
-is the stock one in every case; `tests/service/test_span_encoding.py` compares them.
+scopes and attributes with string, boolean or integer values (`http.method=POST`). The result is
+parsed into the same `ExportTraceServiceRequest` for the exporter (in C, a few microseconds). Values
+the fast path does not know (mappings, bytes, out-of-range integers) go through the stock encoder,
+so the message is the stock one in every case; `tests/service/test_span_encoding.py` compares them.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ _INT64 = range(-(2**63), 2**63)
 _FIXED64 = struct.Struct("<Q").pack
 _FIXED32 = struct.Struct("<I").pack
 _DOUBLE = struct.Struct("<d").pack
-_SCALARS = frozenset((str, bool, int, float))
+_CACHED = frozenset((str, bool, int))  # not float: 0.0 == -0.0, and measured values rarely repeat
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200  # SpanFlags
 _CACHE_LIMIT = 4096  # encodings kept per cache; cleared when full (ports and lengths vary)
 
@@ -144,8 +144,8 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> list[bytes]
         return []
     fields = []
     for key, value in attributes.items():
-        # only exact scalar types are cached: (True,) == (1,) and 1 == 1.0 would share an entry
-        cache_key = (tag, key, type(value), value) if type(value) in _SCALARS else None
+        # exact types only: with subclasses and sequences, True == 1 and (True,) == (1,) would share
+        cache_key = (tag, key, type(value), value) if type(value) in _CACHED else None
         field = _attribute_cache.get(cache_key) if cache_key else None
         if field is None:
             try:

@@ -73,6 +73,8 @@ def finished_spans(limits: SpanLimits | None = None) -> list:
         span.set_status(Status(StatusCode.OK))
     for kind in SpanKind:
         other.get_tracer("other").start_span(f"kind {kind.name}", kind=kind).end()
+    for signed_zero in (0.0, -0.0):  # equal as numbers, different bytes
+        asgi.start_span(f"zero {signed_zero}", attributes={"signed": signed_zero}).end()
     for i in range(200):  # more than 127 spans in a scope: multi-byte lengths
         asgi.start_span(f"span {i}", attributes={"i": i}).end()
     return list(exporter.get_finished_spans())
