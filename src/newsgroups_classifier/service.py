@@ -217,7 +217,7 @@ class NewsgroupsClassifier:
         if context.trace_flags.sampled:  # an exemplar is only useful when its trace was exported
             self.exemplars.record(
                 INFERENCE_HISTOGRAM,
-                (("endpoint", endpoint), ("model_version", self.version)),
+                {"endpoint": endpoint, "model_version": self.version},
                 bucket_label(seconds, INFERENCE_BUCKETS),
                 seconds,
                 f"{context.trace_id:032x}",

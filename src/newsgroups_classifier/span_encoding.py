@@ -98,9 +98,9 @@ def _span(span: ReadableSpan) -> bytes:
         parts += (_event(event) for event in span.events)
     if span.links:
         parts += (_link(link) for link in span.links)
-    parts += _counts(
-        b"\x50", span.dropped_attributes, b"\x60", span.dropped_events, b"\x70", span.dropped_links
-    )
+    parts += _count(b"\x50", span.dropped_attributes)
+    parts += _count(b"\x60", span.dropped_events)
+    parts += _count(b"\x70", span.dropped_links)
     status = span.status
     if status.status_code is StatusCode.UNSET and not status.description:
         parts.append(b"\x7a\x00")  # an empty Status: present, as the stock encoder always sets it
@@ -114,7 +114,7 @@ def _span(span: ReadableSpan) -> bytes:
 def _event(event: Any) -> bytes:
     parts = [b"\x09" + _FIXED64(event.timestamp) if event.timestamp else b"", _string(b"\x12", event.name)]
     parts += _attributes(b"\x1a", event.attributes)
-    parts += _counts(b"\x20", event.dropped_attributes)
+    parts += _count(b"\x20", event.dropped_attributes)
     return _length_delimited(b"\x5a", b"".join(parts))
 
 
@@ -122,7 +122,7 @@ def _link(link: Any) -> bytes:
     context = link.context
     parts = _ids(context)
     parts += _attributes(b"\x22", link.attributes)
-    parts += _counts(b"\x28", link.dropped_attributes)
+    parts += _count(b"\x28", link.dropped_attributes)
     parts += (b"\x35", _FIXED32(_flags(context)))
     return _length_delimited(b"\x6a", b"".join(parts))
 
@@ -196,13 +196,9 @@ def _remember(cache: dict, key: Any, encoded: bytes) -> None:
     cache[key] = encoded
 
 
-def _counts(*tags_and_counts: Any) -> list[bytes]:
-    """The varint fields `tag, count, tag, count, ...` that are not zero (dropped counts)."""
-    fields = []
-    for tag, count in zip(tags_and_counts[::2], tags_and_counts[1::2], strict=True):
-        if count:
-            fields += (tag, _varint(count))
-    return fields
+def _count(tag: bytes, count: int) -> tuple[bytes, ...]:
+    """A varint field (a dropped count), left out when zero as proto3 does."""
+    return (tag, _varint(count)) if count else ()
 
 
 def _string(tag: bytes, text: str, keep_empty: bool = False) -> bytes:

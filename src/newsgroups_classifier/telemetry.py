@@ -392,11 +392,12 @@ class ExemplarStore:
         self._interval = flush_interval
         threading.Thread(target=self._flush_forever, name="exemplar-flush", daemon=True).start()
 
-    def record(self, metric: str, labels: tuple, bucket: str, value: float, trace_id: str) -> None:
-        """Keep `trace_id` as the exemplar of `metric`'s bucket `bucket` for `labels`, a tuple of
-        (name, value) pairs sorted by name. On the request path: the file is written by a thread."""
+    def record(self, metric: str, labels: dict[str, str], bucket: str, value: float, trace_id: str) -> None:
+        """Keep `trace_id` as the exemplar of `metric`'s bucket `bucket` for `labels`. On the request
+        path: the file is written by a thread."""
+        key = (metric, tuple(sorted(labels.items())), bucket)
         with self._lock:
-            self._exemplars[(metric, labels, bucket)] = (trace_id, value, time.time())
+            self._exemplars[key] = (trace_id, value, time.time())
         if not self._dirty.is_set():
             self._dirty.set()
 

@@ -117,7 +117,8 @@ def test_spans_still_waiting_for_their_batch_are_exported_at_shutdown(models_hom
     try:
         sent = [traced_request(server.url)[0] for _ in range(20)]
     finally:
-        assert server.stop() == 0
+        code = server.stop()
+    assert code == 0, f"exit status {code}"
     expected = {"inference", *INFERENCE_STEPS}
     lost = [t for t in sent if not expected <= {span.name for span in receiver.trace(t)}]
     assert not lost, f"{len(lost)} of {len(sent)} traces lost at shutdown"
