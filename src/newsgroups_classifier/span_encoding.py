@@ -94,10 +94,8 @@ def _span(span: ReadableSpan) -> bytes:
     if span.end_time:
         parts += (b"\x41", _FIXED64(span.end_time))
     parts += _attributes(b"\x4a", span.attributes)
-    if span.events:
-        parts += (_event(event) for event in span.events)
-    if span.links:
-        parts += (_link(link) for link in span.links)
+    parts += map(_event, span.events)
+    parts += map(_link, span.links)
     parts += _count(b"\x50", span.dropped_attributes)
     parts += _count(b"\x60", span.dropped_events)
     parts += _count(b"\x70", span.dropped_links)
