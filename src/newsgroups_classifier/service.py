@@ -101,7 +101,7 @@ class NewsgroupsClassifier:
         """After the last request: write the pending log lines (the rest unbuffered) and export the
         pending spans, since the worker then exits without running atexit hooks."""
         self.stdout.stop_buffering()
-        flush_spans()
+        flush_spans(self.tracer)
 
     @bentoml.api(route="/predict")
     def predict(self, text: str) -> Prediction:

@@ -111,19 +111,15 @@ def tracer() -> sdk_trace.Tracer:
     return BentoMLContainer.tracer_provider.get().get_tracer(SCOPE.name)
 
 
-def flush_spans(timeout_seconds: float = SPAN_FLUSH_SECONDS) -> None:
-    """Export the spans still waiting in the span processor's batch, for at most `timeout_seconds`.
+def flush_spans(tracer: sdk_trace.Tracer, timeout_seconds: float = SPAN_FLUSH_SECONDS) -> None:
+    """Export the spans still waiting in the tracer's span processor, for at most `timeout_seconds`.
 
     For shutdown: the worker exits without running atexit hooks, so the last batch (up to 511 spans,
     or 5 s of traffic) would die with it. The SDK's `force_flush` ignores its timeout and a hung
     collector holds each export for the exporter's timeout, so it runs in a thread that is waited for
     no longer than the bound.
     """
-    from bentoml._internal.configuration.containers import BentoMLContainer
-
-    flushing = threading.Thread(
-        target=BentoMLContainer.tracer_provider.get().force_flush, name="span-flush", daemon=True
-    )
+    flushing = threading.Thread(target=tracer.span_processor.force_flush, name="span-flush", daemon=True)
     flushing.start()
     flushing.join(timeout_seconds)
 
