@@ -2,8 +2,10 @@
 JSON log line are computed when the buffered stdout writes them, in bulk, off the request path.
 
 Done per request, between the request's other work, the same signals, metric updates and JSON line
-cost three times the CPU they cost in a loop over many (measured: 130 against 46 us). Off the request
-path, a blocked stdout also delays log lines and metrics, never a prediction.
+cost three times the CPU they cost in a loop over many (measured: 130 against 46 us). In bulk, the
+signals of all pending events are one numpy computation and each histogram gets one increment per
+bucket rather than two writes to the multiprocess file per prediction. Off the request path, a
+blocked stdout also delays log lines and metrics, never a prediction.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 
 from .config import Settings
 from .metrics import ServiceMetrics
-from .monitoring import signals
+from .monitoring import known_tokens, signals
 from .telemetry import BufferedStdout, event_line
 
 LOGGER = "newsgroups_classifier.predictions"
@@ -38,6 +40,7 @@ class PredictionEvent:
     trace_id: int  # 0: no trace
     span_id: int
     text_field: tuple[str, str] | None  # ("text_sha256", ...) or ("text", ...) per the privacy setting
+    observed: tuple[int, float, bool] | None = None  # token count, OOV ratio, empty: set in bulk
 
 
 def text_field(text: str, settings: Settings) -> tuple[str, str] | None:
@@ -56,13 +59,28 @@ class PredictionEvents:
         self._metrics = metrics
         self._vocabulary = vocabulary
         self._stdout = stdout
+        stdout.before_rendering(self._observe)
 
     def record(self, event: PredictionEvent) -> None:
         self._stdout.put(self._line, event)
 
+    def _observe(self, items: list) -> None:
+        """The signals and metrics of every prediction event about to be written, in one step."""
+        events = [item for item in items if isinstance(item, PredictionEvent)]
+        if not events:
+            return
+        observed = signals(
+            [len(event.tokens) for event in events],
+            [known_tokens(event.tokens, self._vocabulary) for event in events],
+            np.vstack([event.probabilities for event in events]),
+        )
+        self._metrics.observe_predictions([event.label for event in events], observed)
+        columns = (observed.token_count.tolist(), observed.oov_ratio.tolist(), observed.empty.tolist())
+        for event, tokens, oov_ratio, empty in zip(events, *columns, strict=True):
+            event.observed = (int(tokens), oov_ratio, empty)
+
     def _line(self, event: PredictionEvent) -> str:
-        observed = signals(event.tokens, self._vocabulary, event.probabilities)
-        self._metrics.observe_prediction(event.label, observed)
+        token_count, oov_ratio, empty = event.observed
         fields = {
             "endpoint": event.endpoint,
             "prediction_id": event.prediction_id,
@@ -71,9 +89,9 @@ class PredictionEvents:
             "confidence": event.confidence,
             "latency_ms": event.latency_ms,
             "input_chars": event.input_chars,
-            "input_tokens": observed.token_count,
-            "oov_ratio": round(observed.oov_ratio, 4),
-            "empty_input": observed.empty,
+            "input_tokens": token_count,
+            "oov_ratio": round(oov_ratio, 4),
+            "empty_input": empty,
         }
         if event.text_field:
             fields[event.text_field[0]] = event.text_field[1]

@@ -6,6 +6,9 @@ summed over workers on /metrics; gauges say how to combine them (`max`: every wo
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+
+import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.utils import floatToGoString
 
@@ -53,6 +56,21 @@ def model_gauge(name: str, help_text: str, labels: list[str]) -> Gauge:
 
 def count_rejection(endpoint: str, reason: str) -> None:
     REJECTED.labels(endpoint=endpoint, reason=reason).inc()
+
+
+def observe_many(histogram: Histogram, values: np.ndarray) -> None:
+    """What `histogram.observe(value)` does for each value, with one increment per bucket touched.
+
+    prometheus_client has no bulk observation, and each observation is two writes to the shared
+    multiprocess file, so this adds the counts to the (labelled) histogram's bucket and sum values
+    itself: the one place that relies on those attributes (tested against `observe`).
+    """
+    bounds = histogram._upper_bounds  # ascending, the last +Inf: a value goes in the first bound >= it
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=False):  # NaN: in no bucket
+        if count:
+            bucket.inc(count)
+    histogram._sum.inc(float(np.sum(values)))
 
 
 class ServiceMetrics:
@@ -135,12 +153,15 @@ class ServiceMetrics:
             (signal, histogram.labels(self.version)) for signal, histogram in self.signal_histograms.items()
         ]
 
-    def observe_prediction(self, label: str, signals: Signals) -> None:
-        self._predicted[label].inc()
-        if signals.empty:
-            self._empty.inc()
+    def observe_predictions(self, labels: list[str], signals: Signals) -> None:
+        """Count predictions with their predicted labels and signals (one entry per prediction)."""
+        for label, count in Tally(labels).items():
+            self._predicted[label].inc(count)
+        empty = int(signals.empty.sum())
+        if empty:
+            self._empty.inc(empty)
         for signal, histogram in self._signals:
-            histogram.observe(signals.value(signal))
+            observe_many(histogram, signals.value(signal))
 
     def observe_inference_seconds(self, endpoint: str, seconds: float) -> None:
         self._inference[endpoint].observe(seconds)

@@ -171,17 +171,17 @@ class NewsgroupsClassifier:
         latency_ms = round(latency * 1000, 3)
         for traceparent, group in groupby(range(len(items)), key=lambda i: items[i].traceparent):
             indices = list(group)
-            attributes = {
-                **self.model_attributes,
-                "batch.size": len(items),
-                "input.length": sum(len(items[i].text) for i in indices),
-            }
-            if len(indices) == 1:
-                attributes["prediction.label"] = predictions[indices[0]].label
-                attributes["prediction.confidence"] = predictions[indices[0]].confidence
-            context = record_inference(
-                self.tracer, request_context(traceparent), steps[0][1], ended_ns, attributes, steps
-            )
+            context = request_context(traceparent)
+            if context.trace_flags.sampled:  # else there are no spans to make
+                attributes = {
+                    **self.model_attributes,
+                    "batch.size": len(items),
+                    "input.length": sum(len(items[i].text) for i in indices),
+                }
+                if len(indices) == 1:
+                    attributes["prediction.label"] = predictions[indices[0]].label
+                    attributes["prediction.confidence"] = predictions[indices[0]].confidence
+                context = record_inference(self.tracer, context, steps[0][1], ended_ns, attributes, steps)
             for i in indices:
                 self.events.record(
                     PredictionEvent(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import functools
 import json
@@ -190,21 +191,33 @@ def current_ids() -> tuple[int, int]:
 # --- logs ----------------------------------------------------------------------------------------
 
 
+# One encoder for every line: json.dumps with options builds a new one per call (a third of its cost).
+LINE_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def event_line(created: float, level: str, logger: str, ids: tuple[int, int], body: dict) -> str:
     """Every log line of the service: one JSON object with `trace_id` when a request is in flight.
 
     One form everywhere, so a single Grafana derived-field regex finds the trace id in any line.
     """
-    event: dict = {
-        "ts": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
-        "level": level,
-        "logger": logger,
-    }
+    event: dict = {"ts": iso_milliseconds(created), "level": level, "logger": logger}
     if ids[0]:
         event["trace_id"] = f"{ids[0]:032x}"
         event["span_id"] = f"{ids[1]:016x}"
     event.update(body)
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False, default=str) + "\n"
+    return LINE_ENCODER.encode(event) + "\n"
+
+
+def iso_milliseconds(created: float) -> str:
+    """`created` (seconds since the epoch) as datetime's UTC isoformat(timespec="milliseconds") writes
+    it, rounded to the microsecond as datetime does, but with each second's date and time made once."""
+    seconds, micro = divmod(round(created * 1_000_000), 1_000_000)
+    return f"{_utc_second(seconds)}.{micro // 1000:03d}+00:00"
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_second(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def json_line(record: logging.LogRecord) -> str:
@@ -223,9 +236,11 @@ class BufferedStdout:
     Rendering a line (JSON, and for prediction events their metrics) costs a request thread about
     three times what it costs in a loop over many, and each write took a lock and syscalls of its
     own: so `put` only queues an item with its render function, and a thread renders and writes
-    what is pending every `interval` seconds. Unless buffering is stopped (at shutdown, after which
-    BentoML's worker exits without running atexit hooks): then `put` writes at once. At most
-    `max_pending` items wait; beyond that (stdout blocked) `put` drops them and says so.
+    what is pending every `interval` seconds; functions given to `before_rendering` first see all
+    the items about to be rendered, for work done best on many at once. Unless buffering is stopped
+    (at shutdown, after which BentoML's worker exits without running atexit hooks): then `put`
+    writes at once. At most `max_pending` items wait; beyond that (stdout blocked) `put` drops them
+    and says so.
 
     A write of over PIPE_BUF bytes to a pipe (a container's stdout) can be split, and another
     process's write can land in between: so every write takes an advisory lock shared by the
@@ -237,34 +252,44 @@ class BufferedStdout:
         self._lock_fd: int | None = None  # opened in the worker, so each process has its own
         self._writing = threading.RLock()  # a render that logs a warning writes from within write
         self._pending: deque[tuple[Callable[[Any], str], Any]] = deque()
+        self._preparers: list[Callable[[list], None]] = []
         self._interval = interval
         self._max_pending = max_pending
         self._buffering = True
         threading.Thread(target=self._flush_forever, name="stdout-flush", daemon=True).start()
 
+    def before_rendering(self, prepare: Callable[[list], None]) -> None:
+        """Call `prepare` with the list of pending items before each bulk render (in the writer)."""
+        self._preparers.append(prepare)
+
     def put(self, render: Callable[[T], str], item: T) -> bool:
         """Queue `item`, to be written as `render(item)`; False if it was dropped (and counted)."""
-        if not self._buffering:
-            self.write(render(item))
-        elif len(self._pending) >= self._max_pending:
+        if self._buffering and len(self._pending) >= self._max_pending:
             DROPPED_LINES.inc()
             return False
-        else:
-            self._pending.append((render, item))
+        self._pending.append((render, item))
+        if not self._buffering:
+            self.flush()
         return True
 
     def write(self, text: str) -> None:
         """Write `text` now, after what is pending."""
         with self._writing:
-            pending = []
+            batch = []
             while self._pending:
-                render, item = self._pending.popleft()
+                batch.append(self._pending.popleft())
+            lines = []
+            for prepare in self._preparers if batch else ():
                 try:
-                    pending.append(render(item))
+                    prepare([item for _, item in batch])
+                except Exception as error:  # the items still get their lines, or error lines
+                    lines.append(_error_line("could not prepare log lines", error))
+            for render, item in batch:
+                try:
+                    lines.append(render(item))
                 except Exception as error:  # one bad item must not cost the others their lines
-                    body = {"message": f"could not render a log line: {error!r}"}
-                    pending.append(event_line(time.time(), "error", __name__, (0, 0), body))
-            self._write_locked("".join(pending) + text)
+                    lines.append(_error_line("could not render a log line", error))
+            self._write_locked("".join(lines) + text)
 
     def flush(self) -> None:
         self.write("")
@@ -293,6 +318,10 @@ class BufferedStdout:
                 self.flush()
             except OSError:  # stdout gone: nothing to report it on, and the next flush may work
                 pass
+
+
+def _error_line(what: str, error: Exception) -> str:
+    return event_line(time.time(), "error", __name__, (0, 0), {"message": f"{what}: {error!r}"})
 
 
 class StdoutHandler(logging.Handler):
@@ -412,12 +441,15 @@ class ExemplarStore:
             time.sleep(self._interval)
 
 
-def bucket_label(value: float, upper_bounds: Iterable[float]) -> str:
-    """The `le` label of the bucket a value falls in, spelled as prometheus_client spells it."""
-    for bound in upper_bounds:
-        if value <= bound:
-            return floatToGoString(bound)
-    return "+Inf"
+def bucket_label(value: float, upper_bounds: tuple[float, ...]) -> str:
+    """The `le` label of the bucket a value falls in (the first bound >= it), spelled as
+    prometheus_client spells it."""
+    return _bucket_labels(upper_bounds)[bisect.bisect_left(upper_bounds, value)]
+
+
+@functools.lru_cache(maxsize=8)
+def _bucket_labels(upper_bounds: tuple[float, ...]) -> list[str]:
+    return [floatToGoString(bound) for bound in upper_bounds] + ["+Inf"]
 
 
 def read_exemplars(directory: Path) -> dict[tuple, Exemplar]:

@@ -57,3 +57,33 @@ def test_a_full_buffer_drops_and_says_so_and_stop_buffering_writes_at_once(tmp_p
     assert lines(capfd) == ["A", "B"]
     assert stdout.put(str.upper, "d\n")
     assert lines(capfd) == ["D"]
+
+
+def test_preparers_see_all_pending_items_at_once_before_they_are_rendered(tmp_path, capfd):
+    stdout = BufferedStdout(tmp_path / "lock", interval=3600)
+    seen: list[list] = []
+    prepared: dict = {}
+
+    def prepare(items: list) -> None:
+        seen.append(items)
+        prepared.update({item: item.upper() for item in items})
+
+    stdout.before_rendering(prepare)
+    for item in ("a", "b", "c"):
+        stdout.put(lambda item: prepared[item] + "\n", item)
+    stdout.flush()
+    assert seen == [["a", "b", "c"]] and lines(capfd) == ["A", "B", "C"]
+    stdout.flush()  # nothing pending: nothing to prepare
+    assert len(seen) == 1
+    stdout.stop_buffering()
+    stdout.put(lambda item: prepared[item] + "\n", "d")  # written at once, prepared all the same
+    assert seen[-1] == ["d"] and lines(capfd) == ["D"]
+
+
+def test_a_failing_preparer_costs_an_error_line_not_the_items(tmp_path, capfd):
+    stdout = BufferedStdout(tmp_path / "lock", interval=3600)
+    stdout.before_rendering(lambda items: 1 / 0)
+    stdout.put(lambda item: f"{item}\n", "kept")
+    stdout.flush()
+    error, kept = lines(capfd)
+    assert "ZeroDivisionError" in json.loads(error)["message"] and kept == "kept"

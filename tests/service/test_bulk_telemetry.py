@@ -1,0 +1,73 @@
+"""The bulk paths of the telemetry, in this process, against what they replace: histogram observations,
+signals, timestamps and exemplar buckets."""
+
+from __future__ import annotations
+
+import math
+import random
+from datetime import UTC, datetime
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.utils import floatToGoString
+
+from newsgroups_classifier.metrics import observe_many
+from newsgroups_classifier.monitoring import known_tokens, signals
+from newsgroups_classifier.telemetry import bucket_label, iso_milliseconds
+
+EDGES = (0.25, 0.5, 0.75, 1.0)
+
+
+def samples(histogram: Histogram) -> dict:
+    return {(s.name, s.labels.get("le")): s.value for m in histogram.collect() for s in m.samples}
+
+
+def test_observe_many_counts_what_observe_counts():
+    rng = random.Random(7)
+    values = [rng.uniform(-0.5, 1.5) for _ in range(500)] + list(EDGES) + [0.0, 30.0, -30.0]
+    one, many = (
+        Histogram(name, "h", ["model_version"], buckets=EDGES, registry=CollectorRegistry()).labels("v")
+        for name in ("one", "many")
+    )
+    for value in values:
+        one.observe(value)
+    for start in range(0, len(values), 37):  # in flushes of different sizes
+        observe_many(many, np.array(values[start : start + 37]))
+    expected, got = samples(one), samples(many)
+    assert [v for (name, _), v in expected.items() if name.endswith("_bucket")] == [
+        v for (name, _), v in got.items() if name.endswith("_bucket")
+    ]
+    assert got[("many_count", None)] == len(values)
+    assert math.isclose(got[("many_sum", None)], expected[("one_sum", None)], rel_tol=1e-9)
+
+
+def test_signals_of_many_predictions():
+    observed = signals(
+        [4, 4, 0, 10],
+        [4, 1, 0, 0],
+        np.array([[1.0, 0.0, 0.0, 0.0], [0.25] * 4, [0.7, 0.1, 0.1, 0.1], [0.4, 0.3, 0.2, 0.1]]),
+    )
+    assert observed.confidence.tolist() == [1.0, 0.25, 0.7, 0.4]
+    assert observed.entropy[0] == 0.0 and math.isclose(observed.entropy[1], 1.0)
+    by_hand = -sum(p * math.log(p) for p in (0.4, 0.3, 0.2, 0.1)) / math.log(4)
+    assert math.isclose(observed.entropy[3], by_hand, rel_tol=1e-9)
+    assert observed.oov_ratio.tolist() == [0.0, 0.75, 1.0, 1.0]  # no token at all: all out of vocabulary
+    assert observed.empty.tolist() == [False, False, True, True]
+    assert observed.token_count.tolist() == [4, 4, 0, 10]
+    assert known_tokens(["puck", "puck", "zzzz"], {"puck": 0}) == 2
+
+
+def test_iso_milliseconds_is_datetimes_isoformat():
+    rng = random.Random(3)
+    times = [rng.uniform(0, 4e9) for _ in range(20_000)]
+    times += [1764577503.0, 1764577503.9995, 1764577503.9994999, 1764577503.999999, 1764577503.0004999]
+    for created in times:
+        expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+        assert iso_milliseconds(created) == expected, created
+
+
+def test_bucket_label_is_the_first_bound_at_or_above_the_value():
+    bounds = (0.0005, 0.001, 0.002, 0.5, 2.5)
+    for value in (0.0, 0.0005, 0.00050001, 0.001, 0.3, 0.5, 2.5, 2.6, 1e9):
+        expected = next((floatToGoString(b) for b in bounds if value <= b), "+Inf")
+        assert bucket_label(value, bounds) == expected
