@@ -163,8 +163,8 @@ class ServiceMetrics:
         for signal, histogram in self._signals:
             observe_many(histogram, signals.value(signal))
 
-    def observe_inference_seconds(self, endpoint: str, seconds: float) -> None:
-        self._inference[endpoint].observe(seconds)
+    def observe_inference_seconds(self, endpoint: str, seconds: np.ndarray) -> None:
+        observe_many(self._inference[endpoint], seconds)
 
     def observe_feedback(self, model_version: str, predicted: str, true_label: str) -> None:
         self.feedback.labels(model_version, predicted, true_label).inc()

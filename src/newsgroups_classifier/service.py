@@ -11,27 +11,25 @@ from pathlib import Path
 import bentoml
 import numpy as np
 from bentoml._internal.configuration.containers import BentoMLContainer
-from opentelemetry import trace
 from pydantic import BaseModel
 from starlette.responses import JSONResponse
 
 from .config import Settings
 from .events import LOGGER as EVENTS_LOGGER
-from .events import PredictionEvent, PredictionEvents, text_field
+from .events import PredictionEvent, PredictionEvents, RequestTelemetry, text_field
 from .feedback import FeedbackError, PredictionIdSigner, SeenIds, signing_key
 from .guard import RequestGuard
-from .metrics import INFERENCE_BUCKETS, INFERENCE_HISTOGRAM, ServiceMetrics, count_rejection
+from .metrics import ServiceMetrics, count_rejection
 from .model import tokenize
 from .span_encoding import use_for_otlp_exporters
 from .telemetry import (
     ExemplarStore,
     Step,
-    bucket_label,
     cache_resource_hashes,
     export_resource_attributes,
     flush_spans,
+    inference_trace,
     install_json_logging,
-    record_inference,
     request_context,
     skip_asgi_send_receive_spans,
     tracer,
@@ -91,9 +89,11 @@ class NewsgroupsClassifier:
             signing_key(settings.feedback_signing_key, home), settings.feedback_max_age_seconds
         )
         self.seen = SeenIds(home / "feedback-seen.sqlite", settings.feedback_max_age_seconds)
-        self.events = PredictionEvents(self.metrics, self.vectorizer.vocabulary_, self.stdout)
-        self.exemplars = ExemplarStore(Path(BentoMLContainer.prometheus_multiproc_dir.get()))
         self.tracer = tracer()
+        exemplars = ExemplarStore(Path(BentoMLContainer.prometheus_multiproc_dir.get()))
+        self.events = PredictionEvents(
+            self.metrics, self.vectorizer.vocabulary_, self.stdout, self.tracer, exemplars
+        )
         self.model_attributes = {"model.name": stored.tag.name, "model.version": self.version}
 
     @bentoml.on_shutdown
@@ -166,12 +166,12 @@ class NewsgroupsClassifier:
         steps: list[Step],
         started: float,
     ) -> None:
-        """For each request of the batch: its spans, its prediction events and its latency."""
+        """For each request of the batch: its prediction events, which carry its latency and spans."""
         latency, ended_ns = time.perf_counter() - started, time.time_ns()
         latency_ms = round(latency * 1000, 3)
         for traceparent, group in groupby(range(len(items)), key=lambda i: items[i].traceparent):
             indices = list(group)
-            context = request_context(traceparent)
+            context, spans = request_context(traceparent), None
             if context.trace_flags.sampled:  # else there are no spans to make
                 attributes = {
                     **self.model_attributes,
@@ -181,7 +181,9 @@ class NewsgroupsClassifier:
                 if len(indices) == 1:
                     attributes["prediction.label"] = predictions[indices[0]].label
                     attributes["prediction.confidence"] = predictions[indices[0]].confidence
-                context = record_inference(self.tracer, context, steps[0][1], ended_ns, attributes, steps)
+                spans = inference_trace(self.tracer, context, steps[0][1], ended_ns, attributes, steps)
+                context = spans.inference
+            request = RequestTelemetry(latency, spans)
             for i in indices:
                 self.events.record(
                     PredictionEvent(
@@ -197,9 +199,9 @@ class NewsgroupsClassifier:
                         trace_id=context.trace_id,
                         span_id=context.span_id,
                         text_field=text_field(items[i].text, settings),
+                        request=request if i == indices[0] else None,
                     )
                 )
-            self._observe_latency(endpoint, latency, context)
 
     def _prediction(self, row: np.ndarray) -> Prediction:
         best = int(np.argmax(row))
@@ -211,17 +213,6 @@ class NewsgroupsClassifier:
             model_version=self.version,
             prediction_id=self.signer.issue(self.version, label),
         )
-
-    def _observe_latency(self, endpoint: str, seconds: float, context: trace.SpanContext) -> None:
-        self.metrics.observe_inference_seconds(endpoint, seconds)
-        if context.trace_flags.sampled:  # an exemplar is only useful when its trace was exported
-            self.exemplars.record(
-                INFERENCE_HISTOGRAM,
-                {"endpoint": endpoint, "model_version": self.version},
-                bucket_label(seconds, INFERENCE_BUCKETS),
-                seconds,
-                f"{context.trace_id:032x}",
-            )
 
 
 NewsgroupsClassifier.add_asgi_middleware(

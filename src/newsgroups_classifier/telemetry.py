@@ -12,6 +12,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -133,30 +134,52 @@ def request_context(traceparent: str = "") -> trace.SpanContext:
     return trace.get_current_span().get_span_context()
 
 
-def record_inference(
+@dataclass(frozen=True, slots=True)
+class InferenceTrace:
+    """The `inference` span of a sampled request and its steps, `(name, start_ns, end_ns)`, which have
+    already run: exported later, off the request path, by `record_inference`. The `inference` span's
+    context exists at once, since the request's prediction events carry its id."""
+
+    parent: trace.SpanContext  # the request's server span
+    inference: trace.SpanContext
+    start_ns: int
+    end_ns: int
+    attributes: dict
+    steps: list[Step]
+
+
+def inference_trace(
     tracer: sdk_trace.Tracer,
     parent: trace.SpanContext,
     start_ns: int,
     end_ns: int,
     attributes: dict,
-    steps: Iterable[Step],
-) -> trace.SpanContext:
-    """Export the `inference` span of a request and its steps, `(name, start_ns, end_ns)`, which have
-    already run, as finished spans below `parent` (the request's server span); returns its context.
+    steps: list[Step],
+) -> InferenceTrace | None:
+    """The spans to export below `parent`, or None when it is not sampled.
+
+    BentoML's sampler is parent-based, so a sampled parent is all the decision there is: below an
+    unsampled parent nothing is recorded.
+    """
+    if not parent.trace_flags.sampled:
+        return None
+    return InferenceTrace(parent, _child(tracer, parent), start_ns, end_ns, attributes, steps)
+
+
+def record_inference(tracer: sdk_trace.Tracer, spans: InferenceTrace) -> None:
+    """Hand the finished `inference` span and its steps to the tracer's span processor.
 
     One model call serves a whole adaptive batch before any request's span could exist, so each
     request gets its spans afterwards. Built finished and handed to the provider's span processor, as
     `Span.end` does, they cost a fifth of `start_span` and `end` (no sampler, lock or context switch)
-    for the same exported spans. BentoML's sampler is parent-based, so a sampled parent is all the
-    decision there is; below an unsampled parent nothing is recorded and the parent's context is
-    returned.
+    for the same exported spans.
     """
-    if not parent.trace_flags.sampled:
-        return parent
-    inference = _child(tracer, parent)
-    spans = [("inference", inference, parent, start_ns, end_ns, attributes)]
-    spans += [(name, _child(tracer, inference), inference, start, end, None) for name, start, end in steps]
-    for name, context, parent_context, start, end, span_attributes in spans:
+    inference = spans.inference
+    finished = [("inference", inference, spans.parent, spans.start_ns, spans.end_ns, spans.attributes)]
+    finished += [
+        (name, _child(tracer, inference), inference, start, end, None) for name, start, end in spans.steps
+    ]
+    for name, context, parent_context, start, end, span_attributes in finished:
         tracer.span_processor.on_end(
             sdk_trace.ReadableSpan(
                 name,
@@ -169,7 +192,6 @@ def record_inference(
                 end_time=end,
             )
         )
-    return inference
 
 
 def _child(tracer: sdk_trace.Tracer, parent: trace.SpanContext) -> trace.SpanContext:

@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 from newsgroups_classifier import span_encoding
-from newsgroups_classifier.telemetry import record_inference
+from newsgroups_classifier.telemetry import inference_trace, record_inference
 
 SCALARS = {
     "text": "POST /predict",
@@ -56,7 +56,7 @@ def finished_spans(limits: SpanLimits | None = None) -> list:
         server.add_event("received", {"bytes": 120, "ok": True}, timestamp=1_700_000_000_000_000_000)
         server.add_event("bare")
         server.set_status(Status(StatusCode.ERROR, "model failed"))
-        record_inference(
+        spans = inference_trace(
             asgi,
             server.get_span_context(),
             1_700_000_000_000_000_000,
@@ -64,6 +64,7 @@ def finished_spans(limits: SpanLimits | None = None) -> list:
             {"model.version": "abc", "prediction.confidence": 0.93},
             [("preprocess", 1_700_000_000_000_000_000, 1_700_000_000_001_000_000)],
         )
+        record_inference(asgi, spans)
     with scoped.start_as_current_span(
         "child of remote",
         context=trace.set_span_in_context(trace.NonRecordingSpan(remote)),
