@@ -3,13 +3,12 @@ telemetry off, with full telemetry, at 10% sampling and with adaptive batching, 
 and the same documents (the test split).
 
 Every HTTP configuration gets the same closed-loop load from wrk (C, one thread, JSON bodies cycled
-by load_testing/wrk_bodies.lua). The run goes in rounds: each round measures every configuration,
-in a rotated order, in slices of one second that take turns (the host's speed drifts over tens of
-seconds, so slices side by side see the same host), so background noise lands on all of them
-alike; each ratio is computed within a round and the median over rounds is reported. Besides
-requests per second, each row has requests per CPU-second of the server's process tree, which other
-jobs on a shared machine disturb far less. The OTLP receiver runs in its own process. Prints a
-Markdown table and writes it, with the raw numbers, to reports/benchmark.{md,json}.
+by load_testing/wrk_bodies.lua). The run goes in rounds: each round measures every configuration
+once, in a rotated order, so background noise lands on all of them alike; each ratio is computed
+within a round and the median over rounds is reported. Besides requests per second, each row has
+requests per CPU-second of the server's process tree, which other jobs on a shared machine disturb
+far less. The OTLP receiver runs in its own process. Prints a Markdown table and writes it, with the
+raw numbers, to reports/benchmark.{md,json}.
 """
 
 from __future__ import annotations
@@ -248,31 +247,6 @@ class Run:
     generator_cpu: float  # wrk's, percent of one core
     tree_mib: float
     largest_mib: float
-    cpu_seconds: float = 0.0  # the server's whole process tree
-
-
-def merge(slices: list[Run]) -> Run:
-    """A configuration's slices of one round as one run: totals, and the median slice's latencies."""
-    requests, seconds = sum(r.requests for r in slices), sum(r.seconds for r in slices)
-    cpu = sum(r.cpu_seconds for r in slices)
-    return Run(
-        target=slices[0].target,
-        round=slices[0].round,
-        requests=requests,
-        seconds=seconds,
-        throughput=requests / seconds,
-        per_cpu_second=requests / max(cpu, 1e-9),
-        p50_ms=median([r.p50_ms for r in slices]),
-        p95_ms=median([r.p95_ms for r in slices]),
-        p99_ms=median([r.p99_ms for r in slices]),
-        errors=sum(r.errors for r in slices),
-        status_503=sum(r.status_503 for r in slices),
-        server_cpu=100 * cpu / seconds,
-        generator_cpu=sum(r.generator_cpu * r.seconds for r in slices) / seconds,
-        tree_mib=max(r.tree_mib for r in slices),
-        largest_mib=max(r.largest_mib for r in slices),
-        cpu_seconds=cpu,
-    )
 
 
 def cpu_seconds(processes: list[psutil.Process]) -> float:
@@ -327,7 +301,6 @@ def measure(target: Target, server: Running, bodies: Path, seconds: int, round_:
         generator_cpu=100 * generator_cpu / elapsed,
         tree_mib=memory.peak.tree_mib,
         largest_mib=memory.peak.largest_mib,
-        cpu_seconds=server_cpu,
     )
 
 
@@ -569,8 +542,7 @@ def table_row(values: dict) -> str:
 def markdown(report: Report) -> str:
     settings = report.settings
     lines = [
-        f"{settings['rounds']} rounds of {settings['seconds']} s per configuration (one-second slices "
-        "taking turns), wrk closed loop "
+        f"{settings['rounds']} rounds of {settings['seconds']} s per configuration, wrk closed loop "
         f"(1 thread), {settings['documents']} test-split documents cycled; medians over rounds. "
         "req/CPU-s: requests per CPU-second of the server's whole process tree.\n",
         "| " + " | ".join(header for header, _, _ in COLUMNS) + " |",
@@ -620,14 +592,8 @@ def run_rounds(args: argparse.Namespace, plan: list[Target], servers: dict, bodi
     for round_ in range(args.rounds):
         alone.append(run_model_alone(model, args.model_seconds))
         shift = round_ % len(plan)
-        order = plan[shift:] + plan[:shift]  # rotated, so no configuration always goes first
-        slices: dict[str, list[Run]] = {target.label: [] for target in plan}
-        for _ in range(args.seconds):  # one-second slices, taking turns
-            for target in order:
-                server = servers[target.server]
-                slices[target.label].append(measure(target, server, bodies[target.bodies], 1, round_))
-        for target in order:
-            runs.append(merge(slices[target.label]))
+        for target in plan[shift:] + plan[:shift]:  # rotated, so no configuration always goes first
+            runs.append(measure(target, servers[target.server], bodies[target.bodies], args.seconds, round_))
             print(progress(runs[-1]), flush=True)
     return runs, alone
 
@@ -670,7 +636,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--seconds", type=int, default=4, help="seconds of load per configuration and round")
+    parser.add_argument("--seconds", type=int, default=4, help="length of each measured load run")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of load per configuration first")
     parser.add_argument("--connections", type=int, default=16, help="concurrent connections of the main rows")
     parser.add_argument("--many", type=int, default=64, help="connections of the many-clients rows")
