@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 from prometheus_client import REGISTRY
 
@@ -87,3 +88,18 @@ def test_a_failing_preparer_costs_an_error_line_not_the_items(tmp_path, capfd):
     stdout.flush()
     error, kept = lines(capfd)
     assert "ZeroDivisionError" in json.loads(error)["message"] and kept == "kept"
+
+
+def test_enough_pending_items_are_written_before_the_interval(tmp_path, capfd):
+    stdout = BufferedStdout(tmp_path / "lock", interval=3600, flush_at=3)
+    for item in ("a", "b"):
+        stdout.put(lambda item: f"{item}\n", item)
+    time.sleep(0.3)
+    assert lines(capfd) == []  # fewer than flush_at: they wait for the interval
+    stdout.put(lambda item: f"{item}\n", "c")
+    deadline = time.monotonic() + 5
+    written: list[str] = []
+    while len(written) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        written += lines(capfd)
+    assert written == ["a", "b", "c"]
