@@ -37,6 +37,8 @@ PROPAGATOR = TraceContextTextMapPropagator()
 SCOPE = InstrumentationScope("newsgroups_classifier")  # of our spans
 Step = tuple[str, int, int]  # name, start and end in ns since the epoch
 SPAN_FLUSH_SECONDS = 5.0  # at shutdown; the Deployment's grace period is 30 s
+ACCESS_LOGGER = "bentoml.access"
+_worker_stdout: BufferedStdout | None = None  # set by install_json_logging, once per worker
 
 
 # --- resource attributes -------------------------------------------------------------------------
@@ -404,6 +406,53 @@ class RateLimitFilter(logging.Filter):
         return True
 
 
+def stream_access_log() -> None:
+    """Let BentoML's access-log middleware queue its lines on the worker's buffered stdout directly.
+
+    It logs one INFO record a request, and the logging module's part of that (a LogRecord, the
+    logger's and the handler's calls, the handler's lock) took 40 us a request in the server. The
+    line is the same as through the handler. Must run before the worker builds its app (at import
+    of the service module).
+    """
+    from bentoml._internal.server.http.access import AccessLogMiddleware
+
+    original = AccessLogMiddleware.__init__
+    if getattr(original, "streams", False):
+        return
+
+    @functools.wraps(original)
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.logger = AccessLog(self.logger)
+
+    init.streams = True
+    AccessLogMiddleware.__init__ = init
+
+
+class AccessLog:
+    """Stands in for the access-log middleware's logger: `info(format, *args)` queues the line on the
+    worker's buffered stdout, stamped with the request's ids; anything else is the logger's (as is
+    `info` before the JSON logging is installed, or when the logger does not log INFO)."""
+
+    def __init__(self, logger: logging.Logger):
+        self._logger = logger
+
+    def info(self, msg: str, *args: object) -> None:
+        stdout = _worker_stdout
+        if stdout is None or not self._logger.isEnabledFor(logging.INFO):
+            self._logger.info(msg, *args)
+        else:
+            stdout.put(_access_line, (time.time(), msg, args, current_ids()))
+
+    def __getattr__(self, name: str):
+        return getattr(self._logger, name)
+
+
+def _access_line(item: tuple[float, str, tuple, tuple[int, int]]) -> str:
+    created, msg, args, ids = item
+    return event_line(created, "info", ACCESS_LOGGER, ids, {"message": msg % args})
+
+
 def install_json_logging(lock_path: Path) -> BufferedStdout:
     """Replace BentoML's console handlers in this worker with the JSON handler; returns its stdout.
 
@@ -426,6 +475,8 @@ def install_json_logging(lock_path: Path) -> BufferedStdout:
             logger.propagate = logger is logging.root  # one line per record, not one per handler
     # Exporter complaints reach the root handler; the service's own loggers log at INFO.
     logging.getLogger("newsgroups_classifier").setLevel(logging.INFO)
+    global _worker_stdout
+    _worker_stdout = stdout
     return stdout
 
 

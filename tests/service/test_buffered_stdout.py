@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 
 from prometheus_client import REGISTRY
 
-from newsgroups_classifier.telemetry import BufferedStdout
+from newsgroups_classifier import telemetry
+from newsgroups_classifier.telemetry import AccessLog, BufferedStdout
 
 
 def lines(capfd) -> list[str]:
@@ -103,3 +105,21 @@ def test_enough_pending_items_are_written_before_the_interval(tmp_path, capfd):
         time.sleep(0.05)
         written += lines(capfd)
     assert written == ["a", "b", "c"]
+
+
+def test_access_log_lines_are_queued_on_the_workers_stdout(tmp_path, capfd, monkeypatch):
+    stdout = BufferedStdout(tmp_path / "lock", interval=3600)
+    monkeypatch.setattr(telemetry, "_worker_stdout", stdout)
+    logger = logging.getLogger("test.access")
+    logger.setLevel(logging.INFO)
+    AccessLog(logger).info("%s (%s) %.3fms", "127.0.0.1:5000", "status=200", 1.5)
+    assert lines(capfd) == []  # queued
+    stdout.flush()
+    (line,) = lines(capfd)
+    event = json.loads(line)
+    assert event["logger"] == "bentoml.access" and event["level"] == "info" and "trace_id" not in event
+    assert event["message"] == "127.0.0.1:5000 (status=200) 1.500ms"
+    logger.setLevel(logging.WARNING)  # the logger's level still rules
+    AccessLog(logger).info("not %s", "logged")
+    stdout.flush()
+    assert lines(capfd) == []
