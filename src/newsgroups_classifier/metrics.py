@@ -6,12 +6,10 @@ summed over workers on /metrics; gauges say how to combine them (`max`: every wo
 
 from __future__ import annotations
 
-import functools
 from collections import Counter as Tally
 
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
-from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.utils import floatToGoString
 
 from .monitoring import HISTOGRAM_SIGNALS, Signals
@@ -58,37 +56,6 @@ def model_gauge(name: str, help_text: str, labels: list[str]) -> Gauge:
 
 def count_rejection(endpoint: str, reason: str) -> None:
     REJECTED.labels(endpoint=endpoint, reason=reason).inc()
-
-
-def cache_label_lookups(max_entries: int = 10_000) -> None:
-    """Make `labels(...)` of every prometheus_client metric a dictionary hit for arguments seen before.
-
-    BentoML's request metrics call `labels(**names)` four times a request, and each call sorts the label
-    names, converts every value to a string and takes the metric's lock: 12 us a call measured in the
-    server. The cache is keyed by the arguments as given; a child that `remove` or `clear` dropped is
-    looked up again, and errors are raised as before (nothing is cached for them).
-    """
-    original = MetricWrapperBase.labels
-    if getattr(original, "cached", False):
-        return
-
-    @functools.wraps(original)
-    def labels(self, *labelvalues, **labelkwargs):
-        key = (labelvalues, tuple(labelkwargs.items()))
-        cache = self.__dict__.setdefault("_label_cache", {})
-        try:
-            child = cache.get(key)
-        except TypeError:  # an unhashable label value
-            return original(self, *labelvalues, **labelkwargs)
-        if child is not None and self._metrics.get(child._labelvalues) is child:
-            return child
-        child = original(self, *labelvalues, **labelkwargs)
-        if len(cache) < max_entries:
-            cache[key] = child
-        return child
-
-    labels.cached = True
-    MetricWrapperBase.labels = labels
 
 
 def observe_many(histogram: Histogram, values: np.ndarray) -> None:

@@ -19,7 +19,7 @@ from .events import LOGGER as EVENTS_LOGGER
 from .events import PredictionEvent, PredictionEvents, RequestTelemetry, text_field
 from .feedback import FeedbackError, PredictionIdSigner, SeenIds, signing_key
 from .guard import RequestGuard
-from .metrics import ServiceMetrics, cache_label_lookups, count_rejection
+from .metrics import ServiceMetrics, count_rejection
 from .model import tokenize
 from .span_encoding import use_for_otlp_exporters
 from .telemetry import (
@@ -56,7 +56,6 @@ export_resource_attributes(settings, STORED_MODEL.tag.version)
 skip_asgi_send_receive_spans()
 stream_access_log()
 cache_resource_hashes()
-cache_label_lookups()
 use_for_otlp_exporters()
 
 

@@ -8,11 +8,10 @@ import random
 from datetime import UTC, datetime
 
 import numpy as np
-import pytest
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.utils import floatToGoString
 
-from newsgroups_classifier.metrics import cache_label_lookups, observe_many
+from newsgroups_classifier.metrics import observe_many
 from newsgroups_classifier.monitoring import known_tokens, signals
 from newsgroups_classifier.telemetry import bucket_label, iso_milliseconds
 
@@ -72,24 +71,3 @@ def test_bucket_label_is_the_first_bound_at_or_above_the_value():
     for value in (0.0, 0.0005, 0.00050001, 0.001, 0.3, 0.5, 2.5, 2.6, 1e9):
         expected = next((floatToGoString(b) for b in bounds if value <= b), "+Inf")
         assert bucket_label(value, bounds) == expected
-
-
-def test_cached_label_lookups_return_the_same_children_and_follow_remove_and_clear():
-    cache_label_lookups()
-    registry = CollectorRegistry()
-    counter = Counter("requests", "r", ["endpoint", "code"], registry=registry)
-    child = counter.labels(endpoint="/predict", code=200)
-    assert counter.labels(endpoint="/predict", code=200) is child  # the cached child
-    assert counter.labels(code=200, endpoint="/predict") is child  # other order: looked up, same child
-    assert counter.labels("/predict", "200") is child
-    child.inc()
-    counter.remove("/predict", "200")
-    fresh = counter.labels(endpoint="/predict", code=200)
-    assert fresh is not child and fresh._value.get() == 0  # removed: a new child, as without the cache
-    counter.clear()
-    assert counter.labels(endpoint="/predict", code=200) is not fresh
-    with pytest.raises(ValueError, match="Incorrect label names"):
-        counter.labels(endpoint="/predict")
-    with pytest.raises(ValueError, match="Incorrect label names"):
-        counter.labels(endpoint="/predict")  # errors are not cached
-    assert counter.labels(endpoint=["unhashable"], code=1)._labelvalues == ("['unhashable']", "1")
