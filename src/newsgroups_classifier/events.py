@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace import Tracer
 
 from .config import Settings
 from .metrics import INFERENCE_BUCKETS, INFERENCE_HISTOGRAM, ServiceMetrics
-from .monitoring import known_tokens, signals
+from .monitoring import signals
 from .telemetry import (
     BufferedStdout,
     ExemplarStore,
@@ -98,8 +98,8 @@ class PredictionEvents:
         if not events:
             return
         observed = signals(
-            [len(event.tokens) for event in events],
-            [known_tokens(event.tokens, self._vocabulary) for event in events],
+            [event.tokens for event in events],
+            self._vocabulary,
             np.vstack([event.probabilities for event in events]),
         )
         self._metrics.observe_predictions([event.label for event in events], observed)

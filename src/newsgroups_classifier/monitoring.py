@@ -35,10 +35,12 @@ def known_tokens(tokens: Sequence[str], vocabulary: Mapping[str, int]) -> int:
     return sum(map(vocabulary.__contains__, tokens))
 
 
-def signals(token_counts: Sequence[int], known_counts: Sequence[int], probabilities: np.ndarray) -> Signals:
-    """Signals of predictions from their token counts, known-token counts and class probabilities (rows)."""
-    tokens = np.asarray(token_counts, dtype=float)
-    known = np.asarray(known_counts, dtype=float)
+def signals(
+    token_lists: Sequence[Sequence[str]], vocabulary: Mapping[str, int], probabilities: np.ndarray
+) -> Signals:
+    """Signals of predictions from their inputs' tokens and their class probabilities (rows)."""
+    tokens = np.array([len(tokens) for tokens in token_lists], dtype=float)
+    known = np.array([known_tokens(tokens, vocabulary) for tokens in token_lists], dtype=float)
     probabilities = np.asarray(probabilities, dtype=float)
     oov_ratio = 1.0 - np.divide(known, tokens, out=np.zeros_like(known), where=tokens > 0)
     return Signals(

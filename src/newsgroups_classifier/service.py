@@ -174,7 +174,7 @@ class NewsgroupsClassifier:
         for traceparent, group in groupby(range(len(items)), key=lambda i: items[i].traceparent):
             indices = list(group)
             context, spans = request_context(traceparent), None
-            if context.trace_flags.sampled:  # else there are no spans to make
+            if context.trace_flags.sampled:  # parent-based sampling: below an unsampled parent, no spans
                 attributes = {
                     **self.model_attributes,
                     "batch.size": len(items),

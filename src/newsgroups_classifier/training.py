@@ -19,7 +19,7 @@ from sklearn.pipeline import Pipeline
 
 from .data import ARCHIVE_ENV, DEFAULT_CATEGORIES, DataUnavailableError, Split, fingerprint, load_split
 from .model import MODEL_NAME, build_pipeline, tokenize
-from .monitoring import build_baseline, known_tokens, signals
+from .monitoring import build_baseline, signals
 
 DEFAULT_MIN_MACRO_F1 = 0.85
 REPORT_FILE = "evaluation.json"
@@ -72,11 +72,7 @@ def drift_baseline(pipeline: Pipeline, split: Split) -> dict:
     probabilities = pipeline.predict_proba(token_lists)
     classes = list(pipeline.classes_)
     vocabulary = pipeline.named_steps["tfidf"].vocabulary_
-    observed = signals(
-        [len(tokens) for tokens in token_lists],
-        [known_tokens(tokens, vocabulary) for tokens in token_lists],
-        probabilities,
-    )
+    observed = signals(token_lists, vocabulary, probabilities)
     predicted = [classes[i] for i in np.argmax(probabilities, axis=1)]
     return build_baseline(predicted, classes, observed)
 

@@ -43,8 +43,8 @@ def test_observe_many_counts_what_observe_counts():
 
 def test_signals_of_many_predictions():
     observed = signals(
-        [4, 4, 0, 10],
-        [4, 1, 0, 0],
+        [["puck"] * 4, ["puck", "zzzz", "zzzz", "zzzz"], [], ["zzzz"] * 10],  # known: 4, 1, 0, 0
+        {"puck": 0},
         np.array([[1.0, 0.0, 0.0, 0.0], [0.25] * 4, [0.7, 0.1, 0.1, 0.1], [0.4, 0.3, 0.2, 0.1]]),
     )
     assert observed.confidence.tolist() == [1.0, 0.25, 0.7, 0.4]
