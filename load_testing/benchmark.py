@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -163,6 +163,7 @@ class Running:
     pid: int
     stop: Callable[[], object]
     requests: int = 0  # everything sent to it, warm-up included
+    home: Path | None = None  # ours: the server's BentoML home
 
 
 def start_fastapi(model_folder: Path, workdir: Path) -> Running:
@@ -198,17 +199,21 @@ def start_fastapi(model_folder: Path, workdir: Path) -> Running:
     return Running(url, process.pid, stop)
 
 
-def start_ours(name: str, config: Config, workdir: Path, receiver: Receiver) -> Running:
+def start_ours(
+    name: str, config: Config, workdir: Path, receiver: Receiver, wrapper: Sequence[str] = (), **env: str
+) -> Running:
     server = start_server(
         models_home(),
         workdir / name,
         receiver.endpoint,
         "grpc",
         config.sample_rate,
-        env={"OTEL_RESOURCE_ATTRIBUTES": f"{SERVER_ATTRIBUTE}={name}", **(config.env or {})},
+        env={"OTEL_RESOURCE_ATTRIBUTES": f"{SERVER_ATTRIBUTE}={name}", **(config.env or {}), **env},
         config_overrides=config.overrides,
+        wrapper=wrapper,
+        timeout=600 if wrapper else 90,
     )
-    return Running(server.url, server.process.pid, server.stop)
+    return Running(server.url, server.process.pid, server.stop, home=server.home)
 
 
 def start_servers(model_folder: Path, workdir: Path, receiver: Receiver) -> dict[str, Running]:

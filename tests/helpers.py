@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -129,12 +129,13 @@ def start_server(
     cri_log: Path | None = None,
     timeout: float = 90,
     config_overrides: dict | None = None,
+    wrapper: Sequence[str] = (),
 ) -> Server:
     """Start the service with the shipped configuration (only OTLP endpoint and sampling rewritten).
 
     Each server gets its own BentoML home (BentoML wipes its metrics folder at start), sharing the
     trained models of `models_home`. `config_overrides` is merged into the BentoML configuration,
-    e.g. `{"services": {"metrics": {"enabled": False}}}`.
+    e.g. `{"services": {"metrics": {"enabled": False}}}`. `wrapper` goes before the command (valgrind).
     """
     home = workdir / f"home-{free_port()}"
     home.mkdir(parents=True)
@@ -153,7 +154,7 @@ def start_server(
         **(env or {}),
     }
     bentoml = str(Path(sys.executable).with_name("bentoml"))
-    command = [bentoml, "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)]
+    command = [*wrapper, bentoml, "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)]
     if cri_log:  # as a container runtime would write it, for Promtail to tail
         process = subprocess.Popen(
             command,

@@ -18,6 +18,14 @@ def _int(name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    try:
+        return float(raw) if raw else default
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+
 def _switch(name: str, default: bool) -> bool:
     raw = os.environ.get(name, "").strip().lower()
     if not raw:
@@ -43,6 +51,9 @@ class Settings:
     # Off: no prediction events, ML metrics or inference spans (BentoML's own telemetry has its own
     # switches). For measuring what telemetry costs, not for production.
     telemetry: bool = field(default_factory=lambda: _switch("TELEMETRY", True))
+    # How often log lines, and the metrics, spans and exemplars made with them, are written: a write
+    # has a fixed cost, shared by all the items it takes (0.1 s cost twice the CPU of 0.5 s).
+    telemetry_flush_seconds: float = field(default_factory=lambda: _float("TELEMETRY_FLUSH_SECONDS", 0.5))
     environment: str = field(default_factory=lambda: os.environ.get("DEPLOYMENT_ENVIRONMENT", "local"))
     pod_name: str = field(default_factory=lambda: os.environ.get("POD_NAME", ""))
     pod_namespace: str = field(default_factory=lambda: os.environ.get("POD_NAMESPACE", ""))
@@ -52,6 +63,7 @@ class Settings:
             raise ValueError(
                 f"LOG_TEXT must be one of {', '.join(TEXT_LOGGING_MODES)}, got {self.log_text!r}"
             )
-        for name in ("max_body_bytes", "max_batch_size", "feedback_max_age_seconds", "workers"):
+        positive = ("max_body_bytes", "max_batch_size", "feedback_max_age_seconds", "workers")
+        for name in (*positive, "telemetry_flush_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.upper()} must be positive")

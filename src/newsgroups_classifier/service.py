@@ -78,7 +78,7 @@ class NewsgroupsClassifier:
 
     def __init__(self) -> None:
         home = Path(BentoMLContainer.bentoml_home.get())
-        self.stdout = install_json_logging(home / "stdout.lock")
+        self.stdout = install_json_logging(home / "stdout.lock", settings.telemetry_flush_seconds)
         stored = self.model_ref  # resolved to the stored model inside the service
         self.version = stored.tag.version
         self.pipeline = bentoml.sklearn.load_model(stored)
@@ -92,7 +92,9 @@ class NewsgroupsClassifier:
         )
         self.seen = SeenIds(home / "feedback-seen.sqlite", settings.feedback_max_age_seconds)
         self.tracer = tracer()
-        exemplars = ExemplarStore(Path(BentoMLContainer.prometheus_multiproc_dir.get()))
+        exemplars = ExemplarStore(
+            Path(BentoMLContainer.prometheus_multiproc_dir.get()), settings.telemetry_flush_seconds
+        )
         self.events = PredictionEvents(
             self.metrics, self.vectorizer.vocabulary_, self.stdout, self.tracer, exemplars
         )

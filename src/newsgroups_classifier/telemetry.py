@@ -268,7 +268,7 @@ class BufferedStdout:
     workers (and a thread lock, since an flock does not exclude the threads of one process).
     """
 
-    def __init__(self, lock_path: Path, interval: float = 0.5, max_pending: int = 5000, flush_at: int = 1000):
+    def __init__(self, lock_path: Path, interval: float, max_pending: int = 5000, flush_at: int = 1000):
         self._lock_path = lock_path
         self._lock_fd: int | None = None  # opened in the worker, so each process has its own
         self._writing = threading.RLock()  # a render that logs a warning writes from within write
@@ -447,8 +447,9 @@ def _access_line(item: tuple[float, str, tuple, tuple[int, int]]) -> str:
     return event_line(created, "info", ACCESS_LOGGER, ids, {"message": msg % args})
 
 
-def install_json_logging(lock_path: Path) -> BufferedStdout:
-    """Replace BentoML's console handlers in this worker with the JSON handler; returns its stdout.
+def install_json_logging(lock_path: Path, flush_seconds: float) -> BufferedStdout:
+    """Replace BentoML's console handlers in this worker with the JSON handler, whose stdout writes
+    every `flush_seconds`; returns that stdout.
 
     Called from the service's __init__, which runs after the worker has configured logging.
     """
@@ -456,7 +457,7 @@ def install_json_logging(lock_path: Path) -> BufferedStdout:
     # (the logging HOWTO's "Optimization" section; finding the caller walks the stack).
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    stdout = BufferedStdout(lock_path)
+    stdout = BufferedStdout(lock_path, flush_seconds)
     handler = StdoutHandler(stdout)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(RateLimitFilter())
@@ -484,7 +485,7 @@ class ExemplarStore:
     merged into the OpenMetrics exposition of /metrics.
     """
 
-    def __init__(self, directory: Path, flush_interval: float = 0.5):
+    def __init__(self, directory: Path, flush_interval: float):
         self._path = directory / f"{EXEMPLAR_FILE_PREFIX}{os.getpid()}.json"
         self._exemplars: dict[tuple, tuple[str, float, float]] = {}
         self._lock = threading.Lock()

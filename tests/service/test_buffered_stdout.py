@@ -7,9 +7,11 @@ import logging
 import threading
 import time
 
+import pytest
 from prometheus_client import REGISTRY
 
 from newsgroups_classifier import telemetry
+from newsgroups_classifier.config import Settings
 from newsgroups_classifier.telemetry import AccessLog, BufferedStdout
 
 
@@ -123,3 +125,14 @@ def test_access_log_lines_are_queued_on_the_workers_stdout(tmp_path, capfd, monk
     AccessLog(logger).info("not %s", "logged")
     stdout.flush()
     assert lines(capfd) == []
+
+
+def test_the_flush_interval_is_a_positive_number_of_seconds(monkeypatch):
+    monkeypatch.setenv("TELEMETRY_FLUSH_SECONDS", "2.5")
+    assert Settings().telemetry_flush_seconds == 2.5
+    monkeypatch.delenv("TELEMETRY_FLUSH_SECONDS")
+    assert Settings().telemetry_flush_seconds == 0.5
+    for bad, message in (("soon", "TELEMETRY_FLUSH_SECONDS must be a number, got 'soon'"), ("0", "positive")):
+        monkeypatch.setenv("TELEMETRY_FLUSH_SECONDS", bad)
+        with pytest.raises(ValueError, match=message):
+            Settings()

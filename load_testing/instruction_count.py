@@ -1,0 +1,154 @@
+"""What telemetry costs in instructions (`make bench-instructions`): the same servers as `make bench`,
+each run under valgrind's callgrind, which counts the instructions its worker executes while wrk
+loads it. A count does not move with the host's speed, so it resolves costs of 1% on a machine
+where timed runs of one server vary by 2x; it leaves out what a count cannot see (cache misses, the
+kernel's side of syscalls), so it is a lower bound of the CPU cost, reported beside `make bench`.
+
+Each server starts with instrumentation off (about 5x slower, not 35x), gets a warm-up, and its
+worker is counted from `callgrind_control --instr=on` until every deferred line, metric and span of
+the measured requests has been written. Under callgrind the code runs about VALGRIND_SLOWDOWN times
+slower but the clock does not, so the flush intervals are stretched by as much: each write takes as
+many items as it would at full speed, and the per-write cost is shared as it is in production. Span
+batches are sent when full (512 spans), as at full speed, with the timer only for the last one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+from benchmark import OUR_SERVERS, Receiver, Running, Target, start_ours, write_bodies, wrk
+from workload import REPORTS, documents, ensure_model, models_home, process_tree, use_project_defaults
+
+from newsgroups_classifier.config import Settings
+
+# Measured on the development machine: 150-180 requests/s natively, 5.2 under callgrind.
+VALGRIND_SLOWDOWN = 35
+SPAN_BATCH_TIMER_MS = 30_000  # the last partial batch of spans goes out within the wait below
+SERVERS = ("off", "off-again", "no-traces", "full", "tenth")
+CONNECTIONS = 16
+
+
+@dataclass
+class Count:
+    server: str
+    requests: int
+    instructions: int
+
+    @property
+    def per_request(self) -> float:
+        return self.instructions / self.requests
+
+
+def callgrind(home) -> list[str]:
+    """valgrind before `bentoml serve`: every process of the server is under callgrind, counting nothing
+    until told to."""
+    return [
+        "valgrind",
+        "--tool=callgrind",
+        "--trace-children=yes",
+        "--instr-atstart=no",
+        f"--callgrind-out-file={home}/callgrind.out.%p",
+    ]
+
+
+def control(*args: str) -> None:
+    subprocess.run(["callgrind_control", *args], check=True, capture_output=True, timeout=900)
+
+
+def worker_pid(server: Running) -> int:
+    """The serving process: the largest child of `bentoml serve` (one worker, as shipped)."""
+    return max(process_tree(server.pid)[1:], key=lambda p: p.memory_info().rss).pid
+
+
+def count(name: str, args: argparse.Namespace, receiver: Receiver, bodies, workdir) -> Count:
+    flush = Settings().telemetry_flush_seconds * VALGRIND_SLOWDOWN
+    home = workdir / name
+    home.mkdir()
+    server = start_ours(
+        name,
+        OUR_SERVERS[name],
+        home,
+        receiver,
+        wrapper=callgrind(home),
+        TELEMETRY_FLUSH_SECONDS=str(flush),
+        OTEL_BSP_SCHEDULE_DELAY=str(SPAN_BATCH_TIMER_MS),
+    )
+    try:
+        target = Target(name, name, "/predict", "single", CONNECTIONS)
+        wrk(server, target, bodies, args.warmup)
+        settle = max(2 * flush, SPAN_BATCH_TIMER_MS / 1000 + 5)  # the warm-up's deferred work, then ours
+        time.sleep(settle)
+        pid = worker_pid(server)
+        control("--instr=on", str(pid))
+        result, _ = wrk(server, target, bodies, args.seconds)
+        time.sleep(settle)
+        control("--instr=off", str(pid))
+        control("--dump", str(pid))
+        dump = (home / f"callgrind.out.{pid}.1").read_text()
+        instructions = int(re.search(r"^totals: (\d+)", dump, re.MULTILINE).group(1))
+        return Count(name, result["requests"], instructions)
+    finally:
+        server.stop()
+
+
+def markdown(counts: list[Count], args: argparse.Namespace) -> str:
+    base = next(c for c in counts if c.server == "off").per_request
+    lines = [
+        f"Instructions of the worker per request, callgrind, wrk {CONNECTIONS} connections for "
+        f"{args.seconds} s per server (flush intervals x{VALGRIND_SLOWDOWN}).\n",
+        "| server | requests | M instructions / request | vs off | cost |",
+        "|---|---|---|---|---|",
+    ]
+    for c in counts:
+        ratio = base / c.per_request
+        lines.append(
+            f"| {c.server} | {c.requests} | {c.per_request / 1e6:.3f} | {ratio:.4f} | {1 - ratio:.1%} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--servers", default=",".join(SERVERS), help=f"of {', '.join(OUR_SERVERS)}")
+    parser.add_argument("--seconds", type=int, default=90, help="counted load per server")
+    parser.add_argument("--warmup", type=int, default=20)
+    args = parser.parse_args(argv)
+    for tool in ("valgrind", "callgrind_control", "wrk"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is not installed: `make bench-tools` installs the pinned versions")
+    use_project_defaults()
+    ensure_model(models_home())
+    workdir = REPORTS / "instructions"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    bodies = write_bodies(workdir, documents().texts)["single"]
+    names = args.servers.split(",")
+    if "off" not in names:
+        sys.exit("--servers must include off: every cost is against it")
+    receiver = Receiver.start(names)
+    counts = []
+    try:
+        for name in names:
+            counts.append(count(name, args, receiver, bodies, workdir))
+            done = counts[-1]
+            print(f"{name}: {done.requests} requests, {done.per_request / 1e6:.3f} M each", flush=True)
+    finally:
+        receiver.stop()
+    text = markdown(counts, args)
+    (REPORTS / "instructions.md").write_text(text)
+    (REPORTS / "instructions.json").write_text(json.dumps([asdict(c) for c in counts], indent=2))
+    print(f"\n{text}\nwritten to {REPORTS / 'instructions.md'} and instructions.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
