@@ -25,6 +25,7 @@ from .span_encoding import use_for_otlp_exporters
 from .telemetry import (
     ExemplarStore,
     Step,
+    cache_request_metric_children,
     cache_resource_hashes,
     export_resource_attributes,
     flush_spans,
@@ -55,6 +56,7 @@ STORED_MODEL = resolve_model(settings.model_tag)
 export_resource_attributes(settings, STORED_MODEL.tag.version)
 skip_asgi_send_receive_spans()
 stream_access_log()
+cache_request_metric_children()
 cache_resource_hashes()
 use_for_otlp_exporters()
 

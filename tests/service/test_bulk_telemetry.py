@@ -8,12 +8,12 @@ import random
 from datetime import UTC, datetime
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.utils import floatToGoString
 
 from newsgroups_classifier.metrics import observe_many
 from newsgroups_classifier.monitoring import known_tokens, signals
-from newsgroups_classifier.telemetry import bucket_label, iso_milliseconds
+from newsgroups_classifier.telemetry import CachedChildren, bucket_label, iso_milliseconds
 
 EDGES = (0.25, 0.5, 0.75, 1.0)
 
@@ -71,3 +71,15 @@ def test_bucket_label_is_the_first_bound_at_or_above_the_value():
     for value in (0.0, 0.0005, 0.00050001, 0.001, 0.3, 0.5, 2.5, 2.6, 1e9):
         expected = next((floatToGoString(b) for b in bounds if value <= b), "+Inf")
         assert bucket_label(value, bounds) == expected
+
+
+def test_cached_children_are_the_metrics_own_up_to_the_limit_and_beyond():
+    counter = Counter("requests", "r", ["endpoint", "code"], registry=CollectorRegistry())
+    cached = CachedChildren(counter, limit=2)
+    for endpoint, code in [("/a", 200), ("/b", 200), ("/a", 400), ("/a", 200), ("/c", 500), ("/c", 500)]:
+        cached.labels(endpoint=endpoint, code=code).inc()
+        assert cached.labels(endpoint=endpoint, code=code) is counter.labels(endpoint, str(code))
+    samples = [s for s in counter.collect()[0].samples if s.name == "requests_total"]
+    counts = {s.labels["endpoint"] + s.labels["code"]: s.value for s in samples}
+    assert {k: v for k, v in counts.items() if v} == {"/a200": 2, "/b200": 1, "/a400": 1, "/c500": 2}
+    assert cached.describe() == counter.describe()  # anything else is the metric's

@@ -86,11 +86,16 @@ def test_counts_move_by_exactly_the_requests_made_with_two_workers(service):
     assert value(after, confidence) - value(before, confidence) == 35
     rejected = "newsgroups_rejected_requests_total"
     assert value(after, rejected, reason="empty_text") - value(before, rejected, reason="empty_text") == 1
-    requests_total = "bentoml_service_request_total"
-    assert (
-        value(after, requests_total, endpoint="/predict") - value(before, requests_total, endpoint="/predict")
-        == 31
-    )
+    # BentoML's request metrics (their children cached per label values: telemetry.py), by status.
+    for family, status, count in (
+        ("bentoml_service_request_total", "200", 30),
+        ("bentoml_service_request_total", "400", 1),
+        ("bentoml_service_request_duration_seconds_count", "200", 30),
+        ("bentoml_service_request_duration_seconds_count", "400", 1),
+    ):
+        labels = {"endpoint": "/predict", "http_response_code": status}
+        assert value(after, family, **labels) - value(before, family, **labels) == count, (family, status)
+    assert value(after, "bentoml_service_request_in_progress", endpoint="/predict") == 0
     # Both workers served: their pids appear in the multiprocess files, and the sums above span both.
     pids = {
         line for line in service.log_lines() if '"logger":"bentoml.serve"' in line and "initialized" in line
