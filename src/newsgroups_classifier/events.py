@@ -13,7 +13,6 @@ log lines, metrics and spans, never a prediction.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,13 +52,14 @@ class PredictionEvent:
     confidence: float
     latency_ms: float
     input_chars: int
-    tokens: list[str]
+    token_count: int  # word tokens after stop-word removal
+    known_tokens: int  # of those, in the model's vocabulary
     probabilities: np.ndarray
     trace_id: int  # 0: no trace
     span_id: int
     text_field: tuple[str, str] | None  # ("text_sha256", ...) or ("text", ...) per the privacy setting
     request: RequestTelemetry | None = None  # on the first event of each request
-    observed: tuple[int, float, bool] | None = None  # token count, OOV ratio, empty: set in bulk
+    observed: tuple[float, bool] | None = None  # OOV ratio, empty: set in bulk
 
 
 def text_field(text: str, settings: Settings) -> tuple[str, str] | None:
@@ -77,13 +77,11 @@ class PredictionEvents:
     def __init__(
         self,
         metrics: ServiceMetrics,
-        vocabulary: Mapping[str, int],
         stdout: BufferedStdout,
         tracer: Tracer,
         exemplars: ExemplarStore,
     ):
         self._metrics = metrics
-        self._vocabulary = vocabulary
         self._stdout = stdout
         self._tracer = tracer
         self._exemplars = exemplars
@@ -98,14 +96,14 @@ class PredictionEvents:
         if not events:
             return
         observed = signals(
-            [event.tokens for event in events],
-            self._vocabulary,
+            [event.token_count for event in events],
+            [event.known_tokens for event in events],
             np.vstack([event.probabilities for event in events]),
         )
         self._metrics.observe_predictions([event.label for event in events], observed)
-        columns = (observed.token_count.tolist(), observed.oov_ratio.tolist(), observed.empty.tolist())
-        for event, tokens, oov_ratio, empty in zip(events, *columns, strict=True):
-            event.observed = (int(tokens), oov_ratio, empty)
+        columns = (observed.oov_ratio.tolist(), observed.empty.tolist())
+        for event, oov_ratio, empty in zip(events, *columns, strict=True):
+            event.observed = (oov_ratio, empty)
         self._observe_requests([event for event in events if event.request])
 
     def _observe_requests(self, events: list[PredictionEvent]) -> None:
@@ -126,7 +124,7 @@ class PredictionEvents:
                 )
 
     def _line(self, event: PredictionEvent) -> str:
-        token_count, oov_ratio, empty = event.observed
+        oov_ratio, empty = event.observed
         fields = {
             "endpoint": event.endpoint,
             "prediction_id": event.prediction_id,
@@ -135,7 +133,7 @@ class PredictionEvents:
             "confidence": event.confidence,
             "latency_ms": event.latency_ms,
             "input_chars": event.input_chars,
-            "input_tokens": token_count,
+            "input_tokens": event.token_count,
             "oov_ratio": round(oov_ratio, 4),
             "empty_input": empty,
         }

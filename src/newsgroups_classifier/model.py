@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
+import numpy as np
+from scipy.sparse import csr_matrix
 from sklearn.calibration import CalibratedClassifierCV
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, TfidfVectorizer
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer, TfidfVectorizer
 from sklearn.naive_bayes import ComplementNB
 from sklearn.pipeline import Pipeline
 
@@ -26,6 +29,19 @@ def tokenize(text: str) -> list[str]:
 def pre_tokenized(tokens: list[str]) -> list[str]:
     """Analyzer for the vectoriser: documents arrive already tokenised."""
     return tokens
+
+
+def vectorize(vectorizer: TfidfVectorizer, token_lists: Sequence[list[str]]) -> tuple[csr_matrix, np.ndarray]:
+    """The TF-IDF features of tokenised documents, and per document how many of its tokens the
+    vocabulary has (repeats included).
+
+    `TfidfVectorizer.transform` counts the known tokens, then weights the counts; doing its two steps
+    here keeps the counts, so the out-of-vocabulary signal needs no second lookup of every token.
+    """
+    counts = CountVectorizer.transform(vectorizer, token_lists)
+    totals = np.concatenate(([0], np.cumsum(counts.data)))
+    known = totals[counts.indptr[1:]] - totals[counts.indptr[:-1]]  # row sums, before the weighting
+    return vectorizer._tfidf.transform(counts, copy=False), known
 
 
 def build_pipeline(alpha: float = 0.3) -> Pipeline:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,17 +30,11 @@ class Signals:
         return getattr(self, name)
 
 
-def known_tokens(tokens: Sequence[str], vocabulary: Mapping[str, int]) -> int:
-    """How many of the tokens (repeats included) the model's vocabulary has."""
-    return sum(map(vocabulary.__contains__, tokens))
-
-
-def signals(
-    token_lists: Sequence[Sequence[str]], vocabulary: Mapping[str, int], probabilities: np.ndarray
-) -> Signals:
-    """Signals of predictions from their inputs' tokens and their class probabilities (rows)."""
-    tokens = np.array([len(tokens) for tokens in token_lists], dtype=float)
-    known = np.array([known_tokens(tokens, vocabulary) for tokens in token_lists], dtype=float)
+def signals(token_counts: Sequence[int], known: Sequence[int], probabilities: np.ndarray) -> Signals:
+    """Signals of predictions from their inputs' token counts, how many of those tokens the model
+    knows (`model.vectorize`), and their class probabilities (rows)."""
+    tokens = np.asarray(token_counts, dtype=float)
+    known = np.asarray(known, dtype=float)
     probabilities = np.asarray(probabilities, dtype=float)
     oov_ratio = 1.0 - np.divide(known, tokens, out=np.zeros_like(known), where=tokens > 0)
     return Signals(

@@ -20,7 +20,7 @@ from .events import PredictionEvent, PredictionEvents, RequestTelemetry, text_fi
 from .feedback import FeedbackError, PredictionIdSigner, SeenIds, signing_key
 from .guard import RequestGuard
 from .metrics import ServiceMetrics, count_rejection
-from .model import tokenize
+from .model import tokenize, vectorize
 from .span_encoding import use_for_otlp_exporters
 from .telemetry import (
     ExemplarStore,
@@ -97,9 +97,7 @@ class NewsgroupsClassifier:
         exemplars = ExemplarStore(
             Path(BentoMLContainer.prometheus_multiproc_dir.get()), settings.telemetry_flush_seconds
         )
-        self.events = PredictionEvents(
-            self.metrics, self.vectorizer.vocabulary_, self.stdout, self.tracer, exemplars
-        )
+        self.events = PredictionEvents(self.metrics, self.stdout, self.tracer, exemplars)
         self.model_attributes = {"model.name": stored.tag.name, "model.version": self.version}
 
     @bentoml.on_shutdown
@@ -152,14 +150,14 @@ class NewsgroupsClassifier:
         texts = [item.text for item in items]
         tokens = [tokenize(text) for text in texts]
         steps.append(("preprocess", started_ns, time.time_ns()))
-        features = self.vectorizer.transform(tokens)
+        features, known = vectorize(self.vectorizer, tokens)
         steps.append(("vectorize", steps[-1][2], time.time_ns()))
         probabilities = self.classifier.predict_proba(features)
         steps.append(("predict", steps[-1][2], time.time_ns()))
         predictions = [self._prediction(row) for row in probabilities]
         steps.append(("postprocess", steps[-1][2], time.time_ns()))
         if settings.telemetry:
-            self._record(endpoint, items, tokens, probabilities, predictions, steps, started)
+            self._record(endpoint, items, tokens, known, probabilities, predictions, steps, started)
         return predictions
 
     def _record(
@@ -167,6 +165,7 @@ class NewsgroupsClassifier:
         endpoint: str,
         items: list[BatchItem],
         tokens: list[list[str]],
+        known: np.ndarray,
         probabilities: np.ndarray,
         predictions: list[Prediction],
         steps: list[Step],
@@ -200,7 +199,8 @@ class NewsgroupsClassifier:
                         confidence=predictions[i].confidence,
                         latency_ms=latency_ms,
                         input_chars=len(items[i].text),
-                        tokens=tokens[i],
+                        token_count=len(tokens[i]),
+                        known_tokens=int(known[i]),
                         probabilities=probabilities[i],
                         trace_id=context.trace_id,
                         span_id=context.span_id,

@@ -18,7 +18,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from sklearn.pipeline import Pipeline
 
 from .data import ARCHIVE_ENV, DEFAULT_CATEGORIES, DataUnavailableError, Split, fingerprint, load_split
-from .model import MODEL_NAME, build_pipeline, tokenize
+from .model import MODEL_NAME, build_pipeline, tokenize, vectorize
 from .monitoring import build_baseline, signals
 
 DEFAULT_MIN_MACRO_F1 = 0.85
@@ -69,10 +69,10 @@ def evaluate(pipeline: Pipeline, split: Split) -> dict:
 def drift_baseline(pipeline: Pipeline, split: Split) -> dict:
     """Baseline on held-out documents, skipping blank ones the service would reject."""
     token_lists = [tokenize(text) for text in split.texts if text.strip()]
-    probabilities = pipeline.predict_proba(token_lists)
+    features, known = vectorize(pipeline.named_steps["tfidf"], token_lists)  # as the service does
+    probabilities = pipeline.named_steps["classifier"].predict_proba(features)
     classes = list(pipeline.classes_)
-    vocabulary = pipeline.named_steps["tfidf"].vocabulary_
-    observed = signals(token_lists, vocabulary, probabilities)
+    observed = signals([len(tokens) for tokens in token_lists], known, probabilities)
     predicted = [classes[i] for i in np.argmax(probabilities, axis=1)]
     return build_baseline(predicted, classes, observed)
 

@@ -12,7 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.utils import floatToGoString
 
 from newsgroups_classifier.metrics import observe_many
-from newsgroups_classifier.monitoring import known_tokens, signals
+from newsgroups_classifier.model import build_pipeline, vectorize
+from newsgroups_classifier.monitoring import signals
 from newsgroups_classifier.telemetry import CachedChildren, bucket_label, iso_milliseconds
 
 EDGES = (0.25, 0.5, 0.75, 1.0)
@@ -43,8 +44,8 @@ def test_observe_many_counts_what_observe_counts():
 
 def test_signals_of_many_predictions():
     observed = signals(
-        [["puck"] * 4, ["puck", "zzzz", "zzzz", "zzzz"], [], ["zzzz"] * 10],  # known: 4, 1, 0, 0
-        {"puck": 0},
+        [4, 4, 0, 10],
+        [4, 1, 0, 0],
         np.array([[1.0, 0.0, 0.0, 0.0], [0.25] * 4, [0.7, 0.1, 0.1, 0.1], [0.4, 0.3, 0.2, 0.1]]),
     )
     assert observed.confidence.tolist() == [1.0, 0.25, 0.7, 0.4]
@@ -54,7 +55,23 @@ def test_signals_of_many_predictions():
     assert observed.oov_ratio.tolist() == [0.0, 0.75, 1.0, 1.0]  # no token at all: all out of vocabulary
     assert observed.empty.tolist() == [False, False, True, True]
     assert observed.token_count.tolist() == [4, 4, 0, 10]
-    assert known_tokens(["puck", "puck", "zzzz"], {"puck": 0}) == 2
+
+
+def test_vectorize_gives_the_vectorisers_features_and_the_known_tokens_per_document():
+    rng = random.Random(7)
+    words = [f"w{i}" for i in range(300)]  # w200 and up: never seen in training
+
+    def document(vocabulary_size: int, most: int) -> list[str]:
+        return ["common", *(rng.choice(words[:vocabulary_size]) for _ in range(rng.randint(0, most)))]
+
+    vectorizer = build_pipeline().named_steps["tfidf"].fit([document(200, 60) for _ in range(80)])
+    assert "common" not in vectorizer.vocabulary_  # in every document: dropped by max_df, so unknown
+    documents = [[], ["w250"] * 3, *(document(300, 90) for _ in range(40))]
+    features, known = vectorize(vectorizer, documents)
+    expected = vectorizer.transform(documents)
+    assert (features != expected).nnz == 0
+    assert known.tolist() == [sum(token in vectorizer.vocabulary_ for token in doc) for doc in documents]
+    assert known[0] == known[1] == 0 and max(known) > 20
 
 
 def test_iso_milliseconds_is_datetimes_isoformat():
