@@ -4,9 +4,12 @@ loads it. A count does not move with the host's speed, so it resolves costs of 1
 where timed runs of one server vary by 2x; it leaves out what a count cannot see (cache misses, the
 kernel's side of syscalls), so it is a lower bound of the CPU cost, reported beside `make bench`.
 
-Each server starts with instrumentation off (about 5x slower, not 35x), gets a warm-up, and its
-worker is counted from `callgrind_control --instr=on` until every deferred line, metric and span of
-the measured requests has been written. Under callgrind the code runs about VALGRIND_SLOWDOWN times
+Each server starts with instrumentation off (about 5x slower, not 35x) and gets a warm-up. Then its
+worker is counted twice (`callgrind_control --instr=on`, then a dump): idle, for the instructions
+that come with time rather than requests (timers, threads waking), and under load until every
+deferred line, metric and span of the load's requests has been written. The idle rate times the
+second window's length is taken off: otherwise a slower host (fewer requests in the same time)
+would look like a costlier request. Under callgrind the code runs about VALGRIND_SLOWDOWN times
 slower but the clock does not, so the flush intervals are stretched by as much: each write takes as
 many items as it would at full speed, and the per-write cost is shared as it is in production. Span
 batches are sent when full (512 spans), as at full speed, with the timer only for the last one.
@@ -21,7 +24,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 from benchmark import OUR_SERVERS, Receiver, Running, Target, start_ours, write_bodies, wrk
 from workload import REPORTS, documents, ensure_model, models_home, process_tree, use_project_defaults
@@ -33,13 +38,15 @@ VALGRIND_SLOWDOWN = 35
 SPAN_BATCH_TIMER_MS = 30_000  # the last partial batch of spans goes out within the wait below
 SERVERS = ("off", "off-again", "no-traces", "full", "tenth")
 CONNECTIONS = 16
+T = TypeVar("T")
 
 
 @dataclass
 class Count:
     server: str
     requests: int
-    instructions: int
+    instructions: float  # of the load and the deferred work it left, less the idle worker's share
+    background_per_second: float  # the idle worker's (timers, threads waking), under callgrind
 
     @property
     def per_request(self) -> float:
@@ -67,6 +74,18 @@ def worker_pid(server: Running) -> int:
     return max(process_tree(server.pid)[1:], key=lambda p: p.memory_info().rss).pid
 
 
+def counted(home, pid: int, dump: int, work: Callable[[], T]) -> tuple[int, float, T]:
+    """Instructions of the worker while `work()` runs, the seconds it ran, and what it returned."""
+    control("--instr=on", str(pid))
+    started = time.monotonic()
+    result = work()
+    seconds = time.monotonic() - started
+    control("--instr=off", str(pid))
+    control("--dump", str(pid))  # writes the counts since the last dump, then zeroes them
+    text = (home / f"callgrind.out.{pid}.{dump}").read_text()
+    return int(re.search(r"^totals: (\d+)", text, re.MULTILINE).group(1)), seconds, result
+
+
 def count(name: str, args: argparse.Namespace, receiver: Receiver, bodies, workdir) -> Count:
     flush = Settings().telemetry_flush_seconds * VALGRIND_SLOWDOWN
     home = workdir / name
@@ -86,14 +105,16 @@ def count(name: str, args: argparse.Namespace, receiver: Receiver, bodies, workd
         settle = max(2 * flush, SPAN_BATCH_TIMER_MS / 1000 + 5)  # the warm-up's deferred work, then ours
         time.sleep(settle)
         pid = worker_pid(server)
-        control("--instr=on", str(pid))
-        result, _ = wrk(server, target, bodies, args.seconds)
-        time.sleep(settle)
-        control("--instr=off", str(pid))
-        control("--dump", str(pid))
-        dump = (home / f"callgrind.out.{pid}.1").read_text()
-        instructions = int(re.search(r"^totals: (\d+)", dump, re.MULTILINE).group(1))
-        return Count(name, result["requests"], instructions)
+        idle, idle_seconds, _ = counted(home, pid, 1, lambda: time.sleep(args.idle))
+
+        def load() -> int:
+            result, _ = wrk(server, target, bodies, args.seconds)
+            time.sleep(settle)  # the deferred lines, metrics and spans of the last requests
+            return result["requests"]
+
+        instructions, seconds, requests = counted(home, pid, 2, load)
+        background = idle / idle_seconds  # timers and threads waking: time's share, not the requests'
+        return Count(name, requests, instructions - background * seconds, background)
     finally:
         server.stop()
 
@@ -103,13 +124,14 @@ def markdown(counts: list[Count], args: argparse.Namespace) -> str:
     lines = [
         f"Instructions of the worker per request, callgrind, wrk {CONNECTIONS} connections for "
         f"{args.seconds} s per server (flush intervals x{VALGRIND_SLOWDOWN}).\n",
-        "| server | requests | M instructions / request | vs off | cost |",
-        "|---|---|---|---|---|",
+        "| server | requests | M instructions / request | vs off | cost | idle worker, M/s |",
+        "|---|---|---|---|---|---|",
     ]
     for c in counts:
         ratio = base / c.per_request
         lines.append(
-            f"| {c.server} | {c.requests} | {c.per_request / 1e6:.3f} | {ratio:.4f} | {1 - ratio:.1%} |"
+            f"| {c.server} | {c.requests} | {c.per_request / 1e6:.3f} | {ratio:.4f} | {1 - ratio:.1%} "
+            f"| {c.background_per_second / 1e6:.2f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -121,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--servers", default=",".join(SERVERS), help=f"of {', '.join(OUR_SERVERS)}")
     parser.add_argument("--seconds", type=int, default=90, help="counted load per server")
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--idle", type=int, default=30, help="seconds counted without load first")
     args = parser.parse_args(argv)
     for tool in ("valgrind", "callgrind_control", "wrk"):
         if not shutil.which(tool):
