@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 
 import numpy as np
 from opentelemetry.sdk.trace import Tracer
@@ -26,7 +27,9 @@ from .telemetry import (
     ExemplarStore,
     InferenceTrace,
     bucket_label,
-    event_line,
+    json_bool,
+    json_float,
+    line_head,
     record_inference,
 )
 
@@ -124,20 +127,19 @@ class PredictionEvents:
                 )
 
     def _line(self, event: PredictionEvent) -> str:
-        oov_ratio, empty = event.observed
-        fields = {
-            "endpoint": event.endpoint,
-            "prediction_id": event.prediction_id,
-            "model_version": self._metrics.version,
-            "label": event.label,
-            "confidence": event.confidence,
-            "latency_ms": event.latency_ms,
-            "input_chars": event.input_chars,
-            "input_tokens": event.token_count,
-            "oov_ratio": round(oov_ratio, 4),
-            "empty_input": empty,
-        }
-        if event.text_field:
-            fields[event.text_field[0]] = event.text_field[1]
-        ids = (event.trace_id, event.span_id)
-        return event_line(event.created, "info", LOGGER, ids, {"event": "prediction", **fields})
+        return prediction_line(event, self._metrics.version)
+
+
+def prediction_line(event: PredictionEvent, model_version: str) -> str:
+    """The event's log line: `event_line` with the event's fields, templated (see `line_head`)."""
+    oov_ratio, empty = event.observed
+    text = f',"{event.text_field[0]}":{encode_basestring(event.text_field[1])}' if event.text_field else ""
+    head = line_head(event.created, "info", LOGGER, (event.trace_id, event.span_id))
+    return (
+        f'{head},"event":"prediction","endpoint":{encode_basestring(event.endpoint)}'
+        f',"prediction_id":{encode_basestring(event.prediction_id)}'
+        f',"model_version":{encode_basestring(model_version)},"label":{encode_basestring(event.label)}'
+        f',"confidence":{json_float(event.confidence)},"latency_ms":{json_float(event.latency_ms)}'
+        f',"input_chars":{event.input_chars:d},"input_tokens":{event.token_count:d}'
+        f',"oov_ratio":{json_float(round(oov_ratio, 4))},"empty_input":{json_bool(empty)}{text}}}\n'
+    )

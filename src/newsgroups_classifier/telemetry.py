@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from json.encoder import encode_basestring  # the line encoder's own string escaping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -225,6 +226,26 @@ def event_line(created: float, level: str, logger: str, ids: tuple[int, int], bo
         event["span_id"] = f"{ids[1]:016x}"
     event.update(body)
     return LINE_ENCODER.encode(event) + "\n"
+
+
+def line_head(created: float, level: str, logger: str, ids: tuple[int, int]) -> str:
+    """`event_line`'s object up to its body, for the two lines written per request (the prediction
+    event and the access log), which are templated by hand: the JSON encoder spends about 3 000
+    instructions a field, a template a few hundred. `level` and `logger` must need no escaping.
+    Tested against `event_line`."""
+    head = f'{{"ts":"{iso_milliseconds(created)}","level":"{level}","logger":"{logger}"'
+    if ids[0]:
+        head += f',"trace_id":"{ids[0]:032x}","span_id":"{ids[1]:016x}"'
+    return head
+
+
+def json_float(value: float) -> str:
+    """A float as the line encoder writes it (NaN and the infinities too)."""
+    return float.__repr__(value) if value - value == 0 else LINE_ENCODER.encode(value)
+
+
+def json_bool(value: bool) -> str:
+    return "true" if value else "false"
 
 
 def iso_milliseconds(created: float) -> str:
@@ -491,7 +512,7 @@ class AccessLog:
 
 def _access_line(item: tuple[float, str, tuple, tuple[int, int]]) -> str:
     created, msg, args, ids = item
-    return event_line(created, "info", ACCESS_LOGGER, ids, {"message": msg % args})
+    return f'{line_head(created, "info", ACCESS_LOGGER, ids)},"message":{encode_basestring(msg % args)}}}\n'
 
 
 def install_json_logging(lock_path: Path, flush_seconds: float) -> BufferedStdout:

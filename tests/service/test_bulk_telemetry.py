@@ -3,6 +3,7 @@ signals, timestamps and exemplar buckets."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from datetime import UTC, datetime
@@ -11,10 +12,12 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.utils import floatToGoString
 
+from newsgroups_classifier import telemetry
+from newsgroups_classifier.events import LOGGER, PredictionEvent, prediction_line
 from newsgroups_classifier.metrics import observe_many
 from newsgroups_classifier.model import build_pipeline, vectorize
 from newsgroups_classifier.monitoring import signals
-from newsgroups_classifier.telemetry import CachedChildren, bucket_label, iso_milliseconds
+from newsgroups_classifier.telemetry import CachedChildren, bucket_label, event_line, iso_milliseconds
 
 EDGES = (0.25, 0.5, 0.75, 1.0)
 
@@ -100,3 +103,56 @@ def test_cached_children_are_the_metrics_own_up_to_the_limit_and_beyond():
     counts = {s.labels["endpoint"] + s.labels["code"]: s.value for s in samples}
     assert {k: v for k, v in counts.items() if v} == {"/a200": 2, "/b200": 1, "/a400": 1, "/c500": 2}
     assert cached.describe() == counter.describe()  # anything else is the metric's
+
+
+TRICKY_TEXTS = ["plain", 'quote " and backslash \\ ', "tab\tnewline\ncontrol\x01", "ünïcödé ✓ 🎉", ""]
+
+
+def test_prediction_lines_are_event_lines_of_their_fields():
+    rng = random.Random(3)
+    floats = [0.0, 1.0, 0.712345, 1e-7, 123456.789, float("nan"), float("inf"), -float("inf")]
+    for _ in range(300):
+        text_field = rng.choice([None, ("text_sha256", "ab" * 32), ("text", rng.choice(TRICKY_TEXTS))])
+        event = PredictionEvent(
+            created=1_764_000_000 + rng.random() * 1e6,
+            endpoint=rng.choice(["predict", "predict_batch"]),
+            prediction_id=rng.choice(TRICKY_TEXTS) + "x.y",
+            label=rng.choice(TRICKY_TEXTS),
+            confidence=rng.choice(floats),
+            latency_ms=rng.choice(floats),
+            input_chars=rng.randint(0, 10**6),
+            token_count=rng.randint(0, 5000),
+            known_tokens=0,
+            probabilities=np.zeros(4),
+            trace_id=rng.choice([0, rng.getrandbits(128)]),
+            span_id=rng.getrandbits(64),
+            text_field=text_field,
+            observed=(rng.choice(floats), rng.random() < 0.5),
+        )
+        version = rng.choice(TRICKY_TEXTS)
+        fields = {
+            "event": "prediction",
+            "endpoint": event.endpoint,
+            "prediction_id": event.prediction_id,
+            "model_version": version,
+            "label": event.label,
+            "confidence": event.confidence,
+            "latency_ms": event.latency_ms,
+            "input_chars": event.input_chars,
+            "input_tokens": event.token_count,
+            "oov_ratio": round(event.observed[0], 4),
+            "empty_input": event.observed[1],
+            **dict([text_field] if text_field else []),
+        }
+        ids = (event.trace_id, event.span_id)
+        assert prediction_line(event, version) == event_line(event.created, "info", LOGGER, ids, fields)
+
+
+def test_access_lines_are_event_lines_of_their_message():
+    for i, text in enumerate(TRICKY_TEXTS):
+        ids = (0, 0) if i % 2 else (2**127 + i, 2**63 + i)
+        args = ("127.0.0.1:5000", f"scheme=http,method=POST,path=/{text}", "status=200", 3.25)
+        item = (1_764_000_000.5 + i, "%s (%s) (%s) %.3fms", args, ids)
+        expected = event_line(item[0], "info", "bentoml.access", ids, {"message": item[1] % args})
+        assert telemetry._access_line(item) == expected
+        json.loads(expected)
