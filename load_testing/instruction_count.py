@@ -9,9 +9,10 @@ worker is counted twice (`callgrind_control --instr=on`, then a dump): idle, for
 that come with time rather than requests (timers, threads waking), and under load until every
 deferred line, metric and span of the load's requests has been written. The idle rate times the
 second window's length is taken off: otherwise a slower host (fewer requests in the same time)
-would look like a costlier request. Under callgrind the code runs about VALGRIND_SLOWDOWN times
-slower but the clock does not, so the flush intervals are stretched by as much: each write takes as
-many items as it would at full speed, and the per-write cost is shared as it is in production. Span
+would look like a costlier request. Under callgrind the code runs about 35 times
+slower but the clock does not, so the lines are written by count instead of every 0.5 s: each write
+takes as many lines as it would at full speed (FLUSH_LINES), whatever the host's speed, and the
+per-write cost is shared as it is in production. Span
 batches are sent when full (512 spans), as at full speed, with the timer only for the last one.
 """
 
@@ -31,11 +32,14 @@ from typing import TypeVar
 from benchmark import OUR_SERVERS, Receiver, Running, Target, start_ours, write_bodies, wrk
 from workload import REPORTS, documents, ensure_model, models_home, process_tree, use_project_defaults
 
-from newsgroups_classifier.config import Settings
-
-# Measured on the development machine: 150-180 requests/s natively, 5.2 under callgrind.
-VALGRIND_SLOWDOWN = 35
-SPAN_BATCH_TIMER_MS = 30_000  # the last partial batch of spans goes out within the wait below
+# Lines a 0.5 s write takes at full speed: 75 requests (150 a second on the development machine),
+# each with its prediction event and access-log line.
+FLUSH_LINES = 150
+# Seconds: longer than 150 lines take to arrive under callgrind (about 15 s), so that the load's lines
+# are written by count; the last ones, and those of the warm-up, by time within SETTLE.
+FLUSH_SECONDS = 40
+SETTLE = FLUSH_SECONDS + 5
+SPAN_BATCH_TIMER_MS = 30_000  # the last partial batch of spans goes out within SETTLE
 SERVERS = ("off", "off-again", "no-traces", "full", "tenth")
 CONNECTIONS = 16
 T = TypeVar("T")
@@ -87,7 +91,6 @@ def counted(home, pid: int, dump: int, work: Callable[[], T]) -> tuple[int, floa
 
 
 def count(name: str, args: argparse.Namespace, receiver: Receiver, bodies, workdir) -> Count:
-    flush = Settings().telemetry_flush_seconds * VALGRIND_SLOWDOWN
     home = workdir / name
     home.mkdir()
     server = start_ours(
@@ -96,20 +99,20 @@ def count(name: str, args: argparse.Namespace, receiver: Receiver, bodies, workd
         home,
         receiver,
         wrapper=callgrind(home),
-        TELEMETRY_FLUSH_SECONDS=str(flush),
+        TELEMETRY_FLUSH_SECONDS=str(FLUSH_SECONDS),
+        TELEMETRY_FLUSH_LINES=str(FLUSH_LINES),
         OTEL_BSP_SCHEDULE_DELAY=str(SPAN_BATCH_TIMER_MS),
     )
     try:
         target = Target(name, name, "/predict", "single", CONNECTIONS)
         wrk(server, target, bodies, args.warmup)
-        settle = max(2 * flush, SPAN_BATCH_TIMER_MS / 1000 + 5)  # the warm-up's deferred work, then ours
-        time.sleep(settle)
+        time.sleep(SETTLE)  # the warm-up's deferred lines, metrics and spans
         pid = worker_pid(server)
         idle, idle_seconds, _ = counted(home, pid, 1, lambda: time.sleep(args.idle))
 
         def load() -> int:
             result, _ = wrk(server, target, bodies, args.seconds)
-            time.sleep(settle)  # the deferred lines, metrics and spans of the last requests
+            time.sleep(SETTLE)  # the deferred lines, metrics and spans of the last requests
             return result["requests"]
 
         instructions, seconds, requests = counted(home, pid, 2, load)
@@ -123,7 +126,7 @@ def markdown(counts: list[Count], args: argparse.Namespace) -> str:
     base = next(c for c in counts if c.server == "off").per_request
     lines = [
         f"Instructions of the worker per request, callgrind, wrk {CONNECTIONS} connections for "
-        f"{args.seconds} s per server (flush intervals x{VALGRIND_SLOWDOWN}).\n",
+        f"{args.seconds} s per server; lines written {FLUSH_LINES} at a time.\n",
         "| server | requests | M instructions / request | vs off | cost | idle worker, M/s |",
         "|---|---|---|---|---|---|",
     ]

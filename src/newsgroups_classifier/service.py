@@ -80,7 +80,9 @@ class NewsgroupsClassifier:
 
     def __init__(self) -> None:
         home = Path(BentoMLContainer.bentoml_home.get())
-        self.stdout = install_json_logging(home / "stdout.lock", settings.telemetry_flush_seconds)
+        self.stdout = install_json_logging(
+            home / "stdout.lock", settings.telemetry_flush_seconds, settings.telemetry_flush_lines
+        )
         stored = self.model_ref  # resolved to the stored model inside the service
         self.version = stored.tag.version
         self.pipeline = bentoml.sklearn.load_model(stored)

@@ -515,9 +515,9 @@ def _access_line(item: tuple[float, str, tuple, tuple[int, int]]) -> str:
     return f'{line_head(created, "info", ACCESS_LOGGER, ids)},"message":{encode_basestring(msg % args)}}}\n'
 
 
-def install_json_logging(lock_path: Path, flush_seconds: float) -> BufferedStdout:
+def install_json_logging(lock_path: Path, flush_seconds: float, flush_lines: int) -> BufferedStdout:
     """Replace BentoML's console handlers in this worker with the JSON handler, whose stdout writes
-    every `flush_seconds`; returns that stdout.
+    every `flush_seconds` or as soon as `flush_lines` wait; returns that stdout.
 
     Called from the service's __init__, which runs after the worker has configured logging.
     """
@@ -525,7 +525,7 @@ def install_json_logging(lock_path: Path, flush_seconds: float) -> BufferedStdou
     # (the logging HOWTO's "Optimization" section; finding the caller walks the stack).
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    stdout = BufferedStdout(lock_path, flush_seconds)
+    stdout = BufferedStdout(lock_path, flush_seconds, flush_at=flush_lines)
     handler = StdoutHandler(stdout)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(RateLimitFilter())

@@ -127,11 +127,17 @@ def test_access_log_lines_are_queued_on_the_workers_stdout(tmp_path, capfd, monk
     assert lines(capfd) == []
 
 
-def test_the_flush_interval_is_a_positive_number_of_seconds(monkeypatch):
+def test_the_flush_settings_are_positive_numbers(monkeypatch):
     monkeypatch.setenv("TELEMETRY_FLUSH_SECONDS", "2.5")
     assert Settings().telemetry_flush_seconds == 2.5
     monkeypatch.delenv("TELEMETRY_FLUSH_SECONDS")
     assert Settings().telemetry_flush_seconds == 0.5
+    monkeypatch.setenv("TELEMETRY_FLUSH_LINES", "150")
+    assert Settings().telemetry_flush_lines == 150
+    with pytest.raises(ValueError, match="TELEMETRY_FLUSH_LINES must be positive"):
+        monkeypatch.setenv("TELEMETRY_FLUSH_LINES", "0")
+        Settings()
+    monkeypatch.delenv("TELEMETRY_FLUSH_LINES")
     for bad, message in (("soon", "TELEMETRY_FLUSH_SECONDS must be a number, got 'soon'"), ("0", "positive")):
         monkeypatch.setenv("TELEMETRY_FLUSH_SECONDS", bad)
         with pytest.raises(ValueError, match=message):
