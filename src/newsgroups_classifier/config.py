@@ -3,27 +3,30 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from .model import MODEL_NAME
 
 TEXT_LOGGING_MODES = ("none", "hash", "prefix")
+T = TypeVar("T")
+
+
+def _number(name: str, default: T, parse: Callable[[str], T], kind: str) -> T:
+    raw = os.environ.get(name, "")
+    try:
+        return parse(raw) if raw else default
+    except ValueError as exc:
+        raise ValueError(f"{name} must be {kind}, got {raw!r}") from exc
 
 
 def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "")
-    try:
-        return int(raw) if raw else default
-    except ValueError as exc:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+    return _number(name, default, int, "an integer")
 
 
 def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "")
-    try:
-        return float(raw) if raw else default
-    except ValueError as exc:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+    return _number(name, default, float, "a number")
 
 
 def _switch(name: str, default: bool) -> bool:
