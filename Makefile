@@ -74,7 +74,7 @@ loadtest: ## Locust, headless, against a local service, with pass/fail threshold
 bench: bench-tools ## Side-by-side benchmark: model alone, plain FastAPI, our service with and without telemetry
 	$(PY) load_testing/benchmark.py
 
-bench-instructions: bench-tools ## What telemetry costs in instructions per request (callgrind), immune to a noisy host
+bench-instructions: bench-tools ## What telemetry costs in instructions per request (callgrind), which a noisy host moves far less
 	$(PY) load_testing/instruction_count.py
 
 bench-tools: ## Install the benchmarks' tools from Debian's packages: wrk at WRK_VERSION, valgrind at VALGRIND_VERSION

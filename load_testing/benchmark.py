@@ -163,7 +163,6 @@ class Running:
     pid: int
     stop: Callable[[], object]
     requests: int = 0  # everything sent to it, warm-up included
-    home: Path | None = None  # ours: the server's BentoML home
 
 
 def start_fastapi(model_folder: Path, workdir: Path) -> Running:
@@ -213,7 +212,7 @@ def start_ours(
         wrapper=wrapper,
         timeout=600 if wrapper else 90,
     )
-    return Running(server.url, server.process.pid, server.stop, home=server.home)
+    return Running(server.url, server.process.pid, server.stop)
 
 
 def start_servers(model_folder: Path, workdir: Path, receiver: Receiver) -> dict[str, Running]:

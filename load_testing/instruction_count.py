@@ -1,8 +1,9 @@
 """What telemetry costs in instructions (`make bench-instructions`): the same servers as `make bench`,
 each run under valgrind's callgrind, which counts the instructions its worker executes while wrk
-loads it. A count does not move with the host's speed, so it resolves costs of 1% on a machine
-where timed runs of one server vary by 2x; it leaves out what a count cannot see (cache misses, the
-kernel's side of syscalls), so it is a lower bound of the CPU cost, reported beside `make bench`.
+loads it. A count moves far less with the host's speed than a timing (two identical servers 0.3%
+apart, a count's spread about 0.5%, where timed runs of one server vary by 2x); it leaves out what
+a count cannot see (cache misses, the kernel's side of syscalls), so it is a lower bound of the CPU
+cost, reported beside `make bench`.
 
 Each server starts with instrumentation off (about 5x slower, not 35x) and gets a warm-up. Then its
 worker is counted twice (`callgrind_control --instr=on`, then a dump): idle, for the instructions

@@ -431,17 +431,11 @@ def stream_access_log() -> None:
     """
     from bentoml._internal.server.http.access import AccessLogMiddleware
 
-    original = AccessLogMiddleware.__init__
-    if getattr(original, "streams", False):
-        return
+    _run_after(AccessLogMiddleware, "__init__", _stream_to_stdout)
 
-    @functools.wraps(original)
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        self.logger = AccessLog(self.logger)
 
-    init.streams = True
-    AccessLogMiddleware.__init__ = init
+def _stream_to_stdout(middleware: Any) -> None:
+    middleware.logger = AccessLog(middleware.logger)
 
 
 def cache_request_metric_children() -> None:
@@ -454,19 +448,29 @@ def cache_request_metric_children() -> None:
     """
     from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
 
-    original = RunnerTrafficMetricsMiddleware._setup
-    if getattr(original, "caches_children", False):
+    _run_after(RunnerTrafficMetricsMiddleware, "_setup", _cache_children)
+
+
+def _cache_children(middleware: Any) -> None:
+    for name, value in vars(middleware).items():
+        if name.startswith("metrics_") and name != "metrics_client":
+            setattr(middleware, name, CachedChildren(value))
+
+
+def _run_after(cls: type, method: str, adjust: Callable[[Any], None]) -> None:
+    """Make `cls.method` call `adjust(self)` once it has run; patching twice changes nothing."""
+    original = getattr(cls, method)
+    if getattr(original, "adjusted_by", None) is adjust:
         return
 
     @functools.wraps(original)
-    def setup(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        for name, value in vars(self).items():
-            if name.startswith("metrics_") and name != "metrics_client":
-                setattr(self, name, CachedChildren(value))
+    def patched(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        adjust(self)
+        return result
 
-    setup.caches_children = True
-    RunnerTrafficMetricsMiddleware._setup = setup
+    patched.adjusted_by = adjust
+    setattr(cls, method, patched)
 
 
 class CachedChildren:
