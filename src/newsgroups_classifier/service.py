@@ -25,12 +25,12 @@ from .span_encoding import use_for_otlp_exporters
 from .telemetry import (
     ExemplarStore,
     Step,
-    cache_request_metric_children,
     cache_resource_hashes,
     export_resource_attributes,
     flush_spans,
     inference_trace,
     install_json_logging,
+    note_request_metrics,
     request_context,
     skip_asgi_send_receive_spans,
     stream_access_log,
@@ -56,7 +56,7 @@ STORED_MODEL = resolve_model(settings.model_tag)
 export_resource_attributes(settings, STORED_MODEL.tag.version)
 skip_asgi_send_receive_spans()
 stream_access_log()
-cache_request_metric_children()
+note_request_metrics()
 cache_resource_hashes()
 use_for_otlp_exporters()
 

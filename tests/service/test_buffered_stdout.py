@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 
 import pytest
 from prometheus_client import REGISTRY
 
-from newsgroups_classifier import telemetry
 from newsgroups_classifier.config import Settings
-from newsgroups_classifier.telemetry import AccessLog, BufferedStdout
+from newsgroups_classifier.telemetry import BufferedStdout
 
 
 def lines(capfd) -> list[str]:
@@ -109,22 +107,19 @@ def test_enough_pending_items_are_written_before_the_interval(tmp_path, capfd):
     assert written == ["a", "b", "c"]
 
 
-def test_access_log_lines_are_queued_on_the_workers_stdout(tmp_path, capfd, monkeypatch):
+def test_every_write_runs_the_callbacks_lines_or_not(tmp_path, capfd):
     stdout = BufferedStdout(tmp_path / "lock", interval=3600)
-    monkeypatch.setattr(telemetry, "_worker_stdout", stdout)
-    logger = logging.getLogger("test.access")
-    logger.setLevel(logging.INFO)
-    AccessLog(logger).info("%s (%s) %.3fms", "127.0.0.1:5000", "status=200", 1.5)
-    assert lines(capfd) == []  # queued
+    calls = []
+    stdout.on_every_write(lambda: calls.append(len(calls)))
+    stdout.on_every_write(lambda: 1 / 0)  # a failing one costs no line, and is reported
     stdout.flush()
-    (line,) = lines(capfd)
-    event = json.loads(line)
-    assert event["logger"] == "bentoml.access" and event["level"] == "info" and "trace_id" not in event
-    assert event["message"] == "127.0.0.1:5000 (status=200) 1.500ms"
-    logger.setLevel(logging.WARNING)  # the logger's level still rules
-    AccessLog(logger).info("not %s", "logged")
+    stdout.put(lambda item: f"{item}\n", "a")
     stdout.flush()
-    assert lines(capfd) == []
+    assert calls == [0, 1]
+    written = lines(capfd)
+    assert written[1] == "a"  # the second write: its line, then what went wrong
+    errors = [json.loads(line)["message"] for line in (written[0], written[2])]
+    assert errors == ["could not write deferred telemetry: ZeroDivisionError('division by zero')"] * 2
 
 
 def test_the_flush_settings_are_positive_numbers(monkeypatch):
