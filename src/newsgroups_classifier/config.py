@@ -54,8 +54,9 @@ class Settings:
     # Off: no prediction events, ML metrics or inference spans (BentoML's own telemetry has its own
     # switches). For measuring what telemetry costs, not for production.
     telemetry: bool = field(default_factory=lambda: _switch("TELEMETRY", True))
-    # How often log lines, and the metrics, spans and exemplars made with them, are written: a write
-    # has a fixed cost, shared by all the items it takes (0.1 s cost twice the CPU of 0.5 s).
+    # How often log lines, and the metrics, spans and exemplars made with them (BentoML's request
+    # metrics too), are written: a write has a fixed cost, shared by all the items it takes (0.1 s
+    # cost twice the CPU of 0.5 s).
     telemetry_flush_seconds: float = field(default_factory=lambda: _float("TELEMETRY_FLUSH_SECONDS", 0.5))
     # ...or as soon as this many lines wait.
     telemetry_flush_lines: int = field(default_factory=lambda: _int("TELEMETRY_FLUSH_LINES", 1000))

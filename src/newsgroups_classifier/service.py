@@ -21,19 +21,21 @@ from .feedback import FeedbackError, PredictionIdSigner, SeenIds, signing_key
 from .guard import RequestGuard
 from .metrics import ServiceMetrics, count_rejection
 from .model import tokenize, vectorize
+from .patches import (
+    cache_resource_hashes,
+    note_request_metrics,
+    skip_asgi_send_receive_spans,
+    stream_access_log,
+)
 from .span_encoding import use_for_otlp_exporters
 from .telemetry import (
     ExemplarStore,
     Step,
-    cache_resource_hashes,
     export_resource_attributes,
     flush_spans,
     inference_trace,
     install_json_logging,
-    note_request_metrics,
     request_context,
-    skip_asgi_send_receive_spans,
-    stream_access_log,
     tracer,
 )
 from .training import BASELINE_FILE

@@ -13,11 +13,11 @@ import pytest
 from bentoml._internal.server.http import access, instruments
 from prometheus_client import CollectorRegistry
 
-from newsgroups_classifier import telemetry
+from newsgroups_classifier import patches, telemetry
 from newsgroups_classifier.telemetry import BufferedStdout
 
-telemetry.stream_access_log()  # as the service module does at import
-telemetry.note_request_metrics()
+patches.stream_access_log()  # as the service module does at import
+patches.note_request_metrics()
 BENTOML_ACCESS = access.AccessLogMiddleware.__call__.__wrapped__
 BENTOML_METRICS = instruments.RunnerTrafficMetricsMiddleware.__call__.__wrapped__
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, float("inf"))
@@ -50,7 +50,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch) -> Clock:
     clock = Clock()
-    for module in (telemetry, access, instruments):
+    for module in (patches, access, instruments):
         monkeypatch.setattr(module, "default_timer", clock)
     monkeypatch.setattr(time, "time", clock)
     return clock

@@ -12,7 +12,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.utils import floatToGoString
 
-from newsgroups_classifier import telemetry
+from newsgroups_classifier import patches
 from newsgroups_classifier.events import LOGGER, PredictionEvent, prediction_line
 from newsgroups_classifier.metrics import observe_many
 from newsgroups_classifier.model import build_pipeline, vectorize
@@ -145,8 +145,8 @@ def test_access_lines_are_event_lines_of_their_message():
         ids = (0, 0) if i % 2 else (2**127 + i, 2**63 + i)
         scope = {"scheme": "http", "method": "POST", "path": f"/{text}", "client": ("127.0.0.1", 5000)}
         item = (1_764_000_000.5 + i, ids, Middleware(), scope, (200, ()), 3.25)
-        message = telemetry.access_message(Middleware(), scope, (200, ()), 3.25)
+        message = patches.access_message(Middleware(), scope, (200, ()), 3.25)
         assert message == f"127.0.0.1:5000 (scheme=http,method=POST,path=/{text}) (status=200) 3.250ms"
         expected = event_line(item[0], "info", "bentoml.access", ids, {"message": message})
-        assert telemetry._access_line(item) == expected
+        assert patches._access_line(item) == expected
         json.loads(expected)

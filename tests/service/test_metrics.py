@@ -73,7 +73,7 @@ def test_counts_move_by_exactly_the_requests_made_with_two_workers(service):
     requests.post(f"{service.url}/predict", data=b"   ", headers={"Content-Type": "text/plain"}, timeout=10)
     name, total = "newsgroups_predictions_total", "bentoml_service_request_total"
     # Each worker counts its prediction events, and BentoML's request metrics, in bulk a moment later
-    # (newsgroups_classifier.events, telemetry.note_request_metrics).
+    # (newsgroups_classifier.events, patches.note_request_metrics).
     poll_until(
         lambda: all(
             value(now, family) - value(before, family) >= count
