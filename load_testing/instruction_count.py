@@ -39,8 +39,10 @@ FLUSH_LINES = 150
 # Seconds: longer than 150 lines take to arrive under callgrind (about 15 s), so that the load's lines
 # are written by count; the last ones, and those of the warm-up, by time within SETTLE.
 FLUSH_SECONDS = 40
-SETTLE = FLUSH_SECONDS + 5
 SPAN_BATCH_TIMER_MS = 30_000  # the last partial batch of spans goes out within SETTLE
+# The last lines are written within FLUSH_SECONDS, and the spans made with them exported within the
+# span batch timer after that: so neither the idle window nor the next server sees them.
+SETTLE = FLUSH_SECONDS + SPAN_BATCH_TIMER_MS // 1000 + 5
 SERVERS = ("off", "off-again", "no-traces", "full", "tenth")
 CONNECTIONS = 16
 T = TypeVar("T")
