@@ -97,9 +97,6 @@ class Messages(list):
     def info(self, msg: str, *args: object) -> None:
         self.append(msg % args)
 
-    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 (logging's name)
-        return True
-
 
 @pytest.mark.parametrize("shown", [False, True], ids=["plain", "content-type-and-length"])
 def test_access_lines_carry_bentomls_own_messages(clock, stdout, capfd, shown):
