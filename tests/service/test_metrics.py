@@ -15,27 +15,35 @@ TEXT = "The hockey season starts and the goalie is ready for the puck"
 LABELS = ["rec.autos", "rec.motorcycles", "rec.sport.baseball", "rec.sport.hockey"]
 
 
+FAMILIES = (
+    "bentoml_service_request_total",
+    "bentoml_service_request_duration_seconds_bucket",
+    "newsgroups_predictions_total",
+    "newsgroups_prediction_confidence_bucket",
+    "newsgroups_prediction_entropy_bucket",
+    "newsgroups_input_tokens_bucket",
+    "newsgroups_input_oov_ratio_bucket",
+    "newsgroups_empty_inputs_total",
+    "newsgroups_rejected_requests_total",
+    "newsgroups_feedback_total",
+    "newsgroups_model_info",
+    "newsgroups_baseline_class_share",
+    "newsgroups_baseline_cdf",
+    "newsgroups_baseline_empty_share",
+    "newsgroups_inference_duration_seconds_bucket",
+)
+
+
 def test_expected_families_and_precreated_labels(service):
-    samples = scrape(service.url)
-    names = {name for name, _ in samples}
-    for family in (
-        "bentoml_service_request_total",
-        "bentoml_service_request_duration_seconds_bucket",
-        "newsgroups_predictions_total",
-        "newsgroups_prediction_confidence_bucket",
-        "newsgroups_prediction_entropy_bucket",
-        "newsgroups_input_tokens_bucket",
-        "newsgroups_input_oov_ratio_bucket",
-        "newsgroups_empty_inputs_total",
-        "newsgroups_rejected_requests_total",
-        "newsgroups_feedback_total",
-        "newsgroups_model_info",
-        "newsgroups_baseline_class_share",
-        "newsgroups_baseline_cdf",
-        "newsgroups_baseline_empty_share",
-        "newsgroups_inference_duration_seconds_bucket",
-    ):
-        assert family in names, family
+    def every_family() -> dict:
+        samples = scrape(service.url)
+        missing = [family for family in FAMILIES if family not in {name for name, _ in samples}]
+        assert not missing, missing
+        return samples
+
+    # BentoML's request duration has samples once a request is written: the readiness probe's,
+    # at the first write after it (patches.note_request_metrics), so a fresh service needs a moment.
+    samples = poll_until(every_family, timeout=10, what="every metric family")
     # Every class and every (predicted, true) pair exists before any traffic needs it.
     predicted = {dict(lbls)["label"] for name, lbls in samples if name == "newsgroups_predictions_total"}
     assert predicted == set(LABELS)
