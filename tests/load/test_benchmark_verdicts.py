@@ -1,15 +1,13 @@
-"""How `make bench` judges a cost target against its run's noise floor (the A/A control's spread)."""
+"""How `make bench` judges a cost target against its run's noise floor (from the A/A control)."""
 
 from __future__ import annotations
 
-import statistics
-
 import pytest
-from benchmark import AA_CONTROL, Report, judge, noise_floor
+from benchmark import AA_CONTROL, Report, judge, median, noise_floor
 
 
 def control(rounds: list[float]) -> Report:
-    ratio = {"median": statistics.median(rounds), "rounds": rounds}
+    ratio = {"median": median(rounds), "rounds": rounds}
     return Report(machine={}, settings={}, ratios={AA_CONTROL: {"per_cpu_second": ratio}})
 
 

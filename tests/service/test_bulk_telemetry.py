@@ -141,11 +141,12 @@ def test_access_lines_are_event_lines_of_their_message():
         has_request_content_type = has_request_content_length = False
         has_response_content_type = has_response_content_length = False
 
+    middleware = Middleware()
     for i, text in enumerate(TRICKY_TEXTS):
         ids = (0, 0) if i % 2 else (2**127 + i, 2**63 + i)
         scope = {"scheme": "http", "method": "POST", "path": f"/{text}", "client": ("127.0.0.1", 5000)}
-        item = (1_764_000_000.5 + i, ids, Middleware(), scope, (200, ()), 3.25)
-        message = patches.access_message(Middleware(), scope, (200, ()), 3.25)
+        item = (1_764_000_000.5 + i, ids, middleware, scope, (200, ()), 3.25)
+        message = patches.access_message(middleware, scope, (200, ()), 3.25)
         assert message == f"127.0.0.1:5000 (scheme=http,method=POST,path=/{text}) (status=200) 3.250ms"
         expected = event_line(item[0], "info", "bentoml.access", ids, {"message": message})
         assert patches._access_line(item) == expected
