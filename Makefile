@@ -166,5 +166,5 @@ cluster-down: ## Remove the service, every release, their volumes and both names
 	-$(HELM) uninstall --namespace $(OBSERVABILITY_NAMESPACE) $(RELEASES)
 	-$(KUBECTL) delete namespace $(OBSERVABILITY_NAMESPACE) --ignore-not-found
 
-deploy-tools: ## Build the pinned Go tools `make validate` needs (kube-score, Pod Security checker), cached
+deploy-tools: ## Build the pinned Go tools `make validate` needs (kube-score, Pod Security checker, helm), cached
 	bash tests/deploy/tools.sh

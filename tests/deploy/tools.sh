@@ -4,6 +4,7 @@
 #   kube-score   github.com/zegl/kube-score/cmd/kube-score at KUBE_SCORE_VERSION (security/reliability scan)
 #   podsecurity  ./podsecurity (k8s.io/pod-security-admission at the version its go.mod pins: the
 #                Pod Security Admission checks the API server runs)
+#   helm         helm.sh/helm/v3/cmd/helm at HELM_VERSION (renders the pinned charts with our values)
 #
 #   tests/deploy/tools.sh                      build what is missing
 #   tests/deploy/tools.sh --print-path TOOL    print a tool's path (built or not)
@@ -12,6 +13,7 @@
 set -euo pipefail
 
 KUBE_SCORE_VERSION=v1.20.0
+HELM_VERSION=v3.20.2
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=${DEPLOY_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/newsgroups-observability/deploy-tools}
@@ -23,7 +25,8 @@ path_of() {
 	case $1 in
 	kube-score) echo "$root/kube-score-$KUBE_SCORE_VERSION/kube-score" ;;
 	podsecurity) echo "$root/podsecurity-$podsecurity_key/podsecurity" ;;
-	*) echo "tools.sh: unknown tool '$1' (known: kube-score podsecurity)" >&2; exit 1 ;;
+	helm) echo "$root/helm-$HELM_VERSION/helm" ;;
+	*) echo "tools.sh: unknown tool '$1' (known: kube-score podsecurity helm)" >&2; exit 1 ;;
 	esac
 }
 
@@ -35,7 +38,7 @@ fi
 
 command -v go >/dev/null || { echo "tools.sh: go is not installed" >&2; exit 1; }
 export CGO_ENABLED=0 GOWORK=off GOTOOLCHAIN=${GOTOOLCHAIN:-auto}
-for tool in kube-score podsecurity; do
+for tool in kube-score podsecurity helm; do
 	target=$(path_of "$tool")
 	if [ -x "$target" ]; then
 		echo "tools.sh: $tool: up to date ($target)"
@@ -48,6 +51,10 @@ for tool in kube-score podsecurity; do
 	echo "tools.sh: $tool: building into $dir"
 	if [ "$tool" = kube-score ]; then
 		GOBIN=$tmp go install -trimpath "github.com/zegl/kube-score/cmd/kube-score@$KUBE_SCORE_VERSION"
+	elif [ "$tool" = helm ]; then
+		# helm's Makefile stamps the version the same way; without it `helm version` says v3.x-dev.
+		GOBIN=$tmp go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+			"helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 	else
 		(cd "$here/podsecurity" && go build -mod=readonly -trimpath -o "$tmp/podsecurity" .)
 	fi
