@@ -48,8 +48,8 @@ serve: ## Serve on 127.0.0.1:3000 (PORT=... to change), training first if there 
 test: lint stack-bin deploy-tools ## Lint, validate the deployment files, run every test including the end-to-end suite
 	$(PY) -m pytest
 
-unit: ## The tests without the end-to-end suite
-	$(PY) -m pytest -m 'not e2e'
+unit: ## The in-process tests: no server, no built binary (about a minute, on a fresh machine)
+	$(PY) -m pytest -m unit
 
 lint: ## ruff lint and format check
 	$(VENV)/bin/ruff check src tests load_testing
