@@ -52,6 +52,11 @@ def podsecurity() -> Path:
 
 
 @pytest.fixture(scope="session")
+def helm() -> Path:
+    return _tool("tests/deploy/tools.sh", "helm", "make deploy-tools")
+
+
+@pytest.fixture(scope="session")
 def traffic(models_home, tmp_path_factory) -> Iterator[Traffic]:
     """A service of its own (two workers, as the `service` fixture), so other tests' counts stay untouched."""
     server = start_server(

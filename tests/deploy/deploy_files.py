@@ -89,6 +89,11 @@ class Release:
     def defaults(self) -> dict:
         return yaml.safe_load((self.chart_dir / "values.yaml").read_text())
 
+    @property
+    def packaged_chart(self) -> Path:
+        """The pinned chart packaged with its dependencies: what `helm install` gets from the repository."""
+        return self.chart_dir / f"{self.chart}-{self.version}.tgz"
+
     def service_host(self, service: str | None = None) -> str:
         return f"{service or self.name}.{self.namespace}.svc.cluster.local"
 
@@ -145,6 +150,28 @@ def run(command: list, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(part) for part in command], capture_output=True, text=True, timeout=300, **kwargs
     )
+
+
+def render(release: Release, helm: Path, *extra: str) -> list[dict]:
+    """The objects `make cluster-up` installs for `release`: helm's rendering of the packaged chart
+    with the release's name, namespace and values (`extra`: more helm options, e.g. --api-versions)."""
+    rendered = run(
+        [
+            helm,
+            "template",
+            release.name,
+            release.packaged_chart,
+            "--namespace",
+            release.namespace,
+            "--values",
+            release.values_path,
+            "--kube-version",
+            KUBERNETES_VERSION,
+            *extra,
+        ]
+    )
+    assert rendered.returncode == 0, f"helm template {release.name} failed:\n{rendered.stderr}"
+    return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
 
 
 # --- the running service -----------------------------------------------------------------------------
