@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ARCHIVE, Server, start_server, train_cli
+from helpers import ARCHIVE, Server, built_tool, start_server, train_cli
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
@@ -73,3 +73,9 @@ def service(models_home, tmp_path_factory) -> Iterator[Server]:
     )
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    """helm at the version tests/deploy/tools.sh pins (`make deploy-tools`)."""
+    return built_tool("tests/deploy/tools.sh", "helm", "make deploy-tools")

@@ -194,6 +194,17 @@ def pump_cri(stream, raw_path: Path, cri_path: Path) -> None:
             cri.write(stamp + b" stdout F " + line)
 
 
+def built_tool(script: str, name: str, how: str) -> Path:
+    """The path of a tool a build script of ours makes (`script --print-path name`); fails if unbuilt."""
+    path = Path(
+        subprocess.run(
+            ["bash", script, "--print-path", name], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
+    assert os.access(path, os.X_OK), f"{name} is not built ({path}): run `{how}`"
+    return path
+
+
 def model_dirs(home: Path) -> list[Path]:
     """The versions of the classifier in a BentoML home's model store."""
     return sorted(path for path in (home / "models" / "newsgroups_classifier").iterdir() if path.is_dir())

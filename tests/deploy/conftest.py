@@ -4,17 +4,15 @@ traffic (its real /metrics and log lines, and its series as Prometheus stores th
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
-from deploy_files import REPO, TEXTS, TRACEPARENT, Release, Traffic, cluster_releases, run
+from deploy_files import TEXTS, TRACEPARENT, Release, Traffic, cluster_releases, run
 
-from helpers import start_server
+from helpers import built_tool, start_server
 
 
 @pytest.fixture(scope="session")
@@ -24,36 +22,20 @@ def releases() -> dict[str, Release]:
     return found
 
 
-def _tool(script: str, name: str, how: str) -> Path:
-    path = Path(
-        subprocess.run(
-            ["bash", script, "--print-path", name], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    )
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"{name} is not built ({path}): run `{how}`")
-    return path
-
-
 @pytest.fixture(scope="session")
 def promtool() -> Path:
     """promtool of the Prometheus version the chart deploys (3.x normalises histogram `le` labels)."""
-    return _tool("tests/e2e/stack/build.sh", "promtool", "make stack-bin")
+    return built_tool("tests/e2e/stack/build.sh", "promtool", "make stack-bin")
 
 
 @pytest.fixture(scope="session")
 def kube_score() -> Path:
-    return _tool("tests/deploy/tools.sh", "kube-score", "make deploy-tools")
+    return built_tool("tests/deploy/tools.sh", "kube-score", "make deploy-tools")
 
 
 @pytest.fixture(scope="session")
 def podsecurity() -> Path:
-    return _tool("tests/deploy/tools.sh", "podsecurity", "make deploy-tools")
-
-
-@pytest.fixture(scope="session")
-def helm() -> Path:
-    return _tool("tests/deploy/tools.sh", "helm", "make deploy-tools")
+    return built_tool("tests/deploy/tools.sh", "podsecurity", "make deploy-tools")
 
 
 @pytest.fixture(scope="session")
