@@ -19,7 +19,7 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from newsgroups_classifier.deploy import local_bentoml_config, shipped_service_env
+from newsgroups_classifier.local_config import local_bentoml_config, shipped_service_env
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("NEWSGROUPS_SHARED", REPO.parent / "shared")).resolve()

@@ -3,30 +3,22 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from .model import MODEL_NAME
 
 TEXT_LOGGING_MODES = ("none", "hash", "prefix")
-T = TypeVar("T")
-
-
-def _number(name: str, default: T, parse: Callable[[str], T], kind: str) -> T:
-    raw = os.environ.get(name, "")
-    try:
-        return parse(raw) if raw else default
-    except ValueError as exc:
-        raise ValueError(f"{name} must be {kind}, got {raw!r}") from exc
+# At shutdown, how long the worker may spend writing queued log lines and exporting pending spans
+# (the Deployment's grace period is 30 s).
+SHUTDOWN_FLUSH_SECONDS = 5.0
 
 
 def _int(name: str, default: int) -> int:
-    return _number(name, default, int, "an integer")
-
-
-def _float(name: str, default: float) -> float:
-    return _number(name, default, float, "a number")
+    raw = os.environ.get(name, "")
+    try:
+        return int(raw) if raw else default
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
 
 
 def _switch(name: str, default: bool) -> bool:
@@ -54,12 +46,6 @@ class Settings:
     # Off: no prediction events, ML metrics or inference spans (BentoML's own telemetry has its own
     # switches). For measuring what telemetry costs, not for production.
     telemetry: bool = field(default_factory=lambda: _switch("TELEMETRY", True))
-    # How often log lines, and the metrics, spans and exemplars made with them (BentoML's request
-    # metrics too), are written: a write has a fixed cost, shared by all the items it takes (0.1 s
-    # cost twice the CPU of 0.5 s).
-    telemetry_flush_seconds: float = field(default_factory=lambda: _float("TELEMETRY_FLUSH_SECONDS", 0.5))
-    # ...or as soon as this many lines wait.
-    telemetry_flush_lines: int = field(default_factory=lambda: _int("TELEMETRY_FLUSH_LINES", 1000))
     environment: str = field(default_factory=lambda: os.environ.get("DEPLOYMENT_ENVIRONMENT", "local"))
     pod_name: str = field(default_factory=lambda: os.environ.get("POD_NAME", ""))
     pod_namespace: str = field(default_factory=lambda: os.environ.get("POD_NAMESPACE", ""))
@@ -70,6 +56,6 @@ class Settings:
                 f"LOG_TEXT must be one of {', '.join(TEXT_LOGGING_MODES)}, got {self.log_text!r}"
             )
         positive = ("max_body_bytes", "max_batch_size", "feedback_max_age_seconds", "workers")
-        for name in (*positive, "telemetry_flush_seconds", "telemetry_flush_lines"):
+        for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.upper()} must be positive")

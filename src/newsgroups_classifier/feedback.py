@@ -8,7 +8,10 @@ import hmac
 import os
 import secrets
 import sqlite3
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,22 +100,39 @@ def signing_key(configured: str, home: Path) -> bytes:
 class SeenIds:
     """Feedback already recorded, shared by the workers of one instance (SQLite, WAL).
 
-    Replicas do not share it: duplicates sent to different replicas are removed again, by prediction
-    id, when the prediction events are exported for labelling.
+    One connection per instance of this class, used by the request threads in turn. Replicas do not
+    share it: duplicates sent to different replicas are removed again, by prediction id, when the
+    prediction events are exported for labelling.
     """
 
     def __init__(self, path: Path, max_age_seconds: int):
         self._db = sqlite3.connect(path, timeout=5, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS seen (nonce TEXT PRIMARY KEY, issued_at INTEGER)")
+        self._lock = threading.Lock()  # a connection must not run two statements at once
         self._max_age = max_age_seconds
 
-    def claim(self, ref: PredictionRef) -> None:
-        try:
-            self._db.execute("INSERT INTO seen VALUES (?, ?)", (ref.nonce, ref.issued_at))
-        except sqlite3.IntegrityError as exc:
-            raise FeedbackError(
-                "duplicate_id", "feedback for this prediction_id was already recorded", status=409
-            ) from exc
-        # Ids past their age are rejected before they get here, so their rows can go.
-        self._db.execute("DELETE FROM seen WHERE issued_at < ?", (int(time.time()) - self._max_age,))
+    @contextmanager
+    def claim(self, ref: PredictionRef) -> Iterator[None]:
+        """Hold `ref` as recorded while the block runs; if the block raises, it was never recorded.
+
+        The block writes the feedback's log event: with the claim and the write in one transaction,
+        a crash before the write leaves the id unclaimed, so the client's retry is not a duplicate.
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")  # the other workers' claims wait (timeout 5 s)
+            try:
+                self._db.execute("INSERT INTO seen VALUES (?, ?)", (ref.nonce, ref.issued_at))
+            except sqlite3.IntegrityError as exc:
+                self._db.execute("ROLLBACK")
+                raise FeedbackError(
+                    "duplicate_id", "feedback for this prediction_id was already recorded", status=409
+                ) from exc
+            try:
+                yield
+                # Ids past their age are rejected before they get here, so their rows can go.
+                self._db.execute("DELETE FROM seen WHERE issued_at < ?", (int(time.time()) - self._max_age,))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")

@@ -1,4 +1,4 @@
-"""HTTP input checks in front of the BentoML API, and OpenMetrics with exemplars on /metrics.
+"""HTTP input checks in front of the BentoML API.
 
 An ASGI middleware, so that every bad request gets a clear 4xx with its reason counted before BentoML
 parses anything, and so that /predict can take raw text bodies (`curl --data "..."` sends them as
@@ -8,17 +8,14 @@ form-urlencoded) as well as JSON: accepted bodies are handed on as canonical JSO
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from .metrics import count_rejection
-from .telemetry import PROPAGATOR, openmetrics_exposition
+from .tracing import current_traceparent
 
 RAW_TEXT_TYPES = ("text/plain", "application/x-www-form-urlencoded", "")
 JSON_TYPE = "application/json"
-OPENMETRICS_TYPE = "application/openmetrics-text"
 
 
 @dataclass
@@ -99,11 +96,9 @@ def batch_body(body: bytes, media_type: str, _charset: str, limit: int) -> dict:
         raise Rejection(422, "invalid_field", '"texts" must be a non-empty list of strings')
     if len(texts) > limit:
         raise Rejection(413, "batch_too_large", f"batch of {len(texts)} texts is over the limit of {limit}")
-    carrier: dict[str, str] = {}
-    PROPAGATOR.inject(carrier)  # the request's server span is current here
-    traceparent = carrier.get("traceparent", "")
+    traceparent = current_traceparent()  # the request's server span is current here
     return {
-        "items": [
+        "texts": [
             {"text": _text(text, f"texts[{i}]"), "traceparent": traceparent} for i, text in enumerate(texts)
         ]
     }
@@ -134,8 +129,6 @@ class RequestGuard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
-        if scope["path"] == "/metrics" and OPENMETRICS_TYPE in headers.get(b"accept", b"").decode("latin-1"):
-            return await self._openmetrics(send)
         route = ROUTES.get(scope["path"])
         if route is None or scope["method"] != "POST":
             return await self.app(scope, receive, send)
@@ -186,14 +179,6 @@ class RequestGuard:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
-
-    async def _openmetrics(self, send) -> None:
-        import anyio.to_thread
-
-        body = await anyio.to_thread.run_sync(
-            openmetrics_exposition, Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-        )
-        await send_bytes(send, 200, body, f"{OPENMETRICS_TYPE}; version=1.0.0; charset=utf-8")
 
 
 async def send_json(send, status: int, payload: dict) -> None:

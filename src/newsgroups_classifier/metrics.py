@@ -6,16 +6,12 @@ summed over workers on /metrics; gauges say how to combine them (`max`: every wo
 
 from __future__ import annotations
 
-from collections import Counter as Tally
-
-import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.utils import floatToGoString
 
-from .monitoring import HISTOGRAM_SIGNALS, Signals
+from .drift_signals import HISTOGRAM_SIGNALS, Signals
 
 PREFIX = "newsgroups"
-INFERENCE_HISTOGRAM = f"{PREFIX}_inference_duration_seconds"  # the one with exemplars
 INFERENCE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5)
 ENDPOINTS = ("predict", "predict_batch", "feedback")
 REJECTION_REASONS = (
@@ -44,8 +40,13 @@ REJECTED = Counter(
     f"{PREFIX}_rejected_requests", "Requests rejected with a 4xx, by reason", ["endpoint", "reason"]
 )
 DROPPED_LINES = Counter(
-    f"{PREFIX}_log_lines_dropped",
-    "Log lines and prediction events dropped (not logged, not counted) while stdout was blocked",
+    f"{PREFIX}_log_lines_dropped", "Log lines dropped (not written) while stdout was blocked"
+)
+TELEMETRY_STAGES = ("spans", "metrics", "events", "feedback")
+TELEMETRY_ERRORS = Counter(
+    f"{PREFIX}_telemetry_errors",
+    "Telemetry that could not be recorded, by stage (predictions still answered; feedback got a 503)",
+    ["stage"],
 )
 
 
@@ -56,21 +57,6 @@ def model_gauge(name: str, help_text: str, labels: list[str]) -> Gauge:
 
 def count_rejection(endpoint: str, reason: str) -> None:
     REJECTED.labels(endpoint=endpoint, reason=reason).inc()
-
-
-def observe_many(histogram: Histogram, values: np.ndarray) -> None:
-    """What `histogram.observe(value)` does for each value, with one increment per bucket touched.
-
-    prometheus_client has no bulk observation, and each observation is two writes to the shared
-    multiprocess file, so this adds the counts to the (labelled) histogram's bucket and sum values
-    itself: the one place that relies on those attributes (tested against `observe`).
-    """
-    bounds = histogram._upper_bounds  # ascending, the last +Inf: a value goes in the first bound >= it
-    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
-    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=False):  # NaN: in no bucket
-        if count:
-            bucket.inc(count)
-    histogram._sum.inc(float(np.sum(values)))
 
 
 class ServiceMetrics:
@@ -91,8 +77,8 @@ class ServiceMetrics:
             [*labels, "predicted_label", "true_label"],
         )
         self.inference_seconds = Histogram(
-            INFERENCE_HISTOGRAM,
-            "Time spent in the prediction handler (exemplars: trace_id)",
+            f"{PREFIX}_inference_duration_seconds",
+            "Time spent in the model call that served the request",
             ["endpoint", *labels],
             buckets=INFERENCE_BUCKETS,
         )
@@ -134,10 +120,7 @@ class ServiceMetrics:
 
     def _precreate(self, classes: list[str]) -> None:
         """Every label combination exists from the start, so rates and ratios have no missing series.
-
-        The children a prediction touches are kept: looking them up per request costs more than the
-        observation itself.
-        """
+        The children a prediction touches are kept, so a prediction looks up no label values."""
         self._predicted = {label: self.predictions.labels(self.version, label) for label in classes}
         for label in classes:
             for true_label in classes:
@@ -146,6 +129,8 @@ class ServiceMetrics:
         for endpoint in ENDPOINTS:
             for reason in REJECTION_REASONS:
                 REJECTED.labels(endpoint=endpoint, reason=reason)
+        for stage in TELEMETRY_STAGES:
+            TELEMETRY_ERRORS.labels(stage)
         self._inference = {
             endpoint: self.inference_seconds.labels(endpoint, self.version) for endpoint in ENDPOINTS[:2]
         }
@@ -155,16 +140,15 @@ class ServiceMetrics:
 
     def observe_predictions(self, labels: list[str], signals: Signals) -> None:
         """Count predictions with their predicted labels and signals (one entry per prediction)."""
-        for label, count in Tally(labels).items():
-            self._predicted[label].inc(count)
-        empty = int(signals.empty.sum())
-        if empty:
-            self._empty.inc(empty)
+        for label in labels:
+            self._predicted[label].inc()
+        self._empty.inc(int(signals.empty.sum()))
         for signal, histogram in self._signals:
-            observe_many(histogram, signals.value(signal))
+            for value in signals.value(signal).tolist():
+                histogram.observe(value)
 
-    def observe_inference_seconds(self, endpoint: str, seconds: np.ndarray) -> None:
-        observe_many(self._inference[endpoint], seconds)
+    def observe_inference_seconds(self, endpoint: str, seconds: float) -> None:
+        self._inference[endpoint].observe(seconds)
 
     def observe_feedback(self, model_version: str, predicted: str, true_label: str) -> None:
         self.feedback.labels(model_version, predicted, true_label).inc()

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.sparse import csr_matrix
 from sklearn.calibration import CalibratedClassifierCV
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer, TfidfVectorizer
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer, TfidfTransformer
 from sklearn.naive_bayes import ComplementNB
 from sklearn.pipeline import Pipeline
 
@@ -21,7 +21,7 @@ def tokenize(text: str) -> list[str]:
     """Lower-cased word tokens without English stop words.
 
     The service tokenises once and feeds the tokens to the pipeline, so the same list serves the
-    vectoriser and the token-count and out-of-vocabulary signals.
+    vectoriser and the token-count signal.
     """
     return [token for token in TOKEN_PATTERN.findall(text.lower()) if token not in ENGLISH_STOP_WORDS]
 
@@ -31,28 +31,19 @@ def pre_tokenized(tokens: list[str]) -> list[str]:
     return tokens
 
 
-def vectorize(vectorizer: TfidfVectorizer, token_lists: Sequence[list[str]]) -> tuple[csr_matrix, np.ndarray]:
-    """The TF-IDF features of tokenised documents, and per document how many of its tokens the
-    vocabulary has (repeats included).
-
-    `TfidfVectorizer.transform` counts the known tokens, then weights the counts; doing its two steps
-    here keeps the counts, so the out-of-vocabulary signal needs no second lookup of every token.
-    """
-    counts = CountVectorizer.transform(vectorizer, token_lists)
-    totals = np.concatenate(([0], np.cumsum(counts.data)))
-    known = totals[counts.indptr[1:]] - totals[counts.indptr[:-1]]  # row sums, before the weighting
-    return vectorizer._tfidf.transform(counts, copy=False), known
-
-
 def build_pipeline(alpha: float = 0.3) -> Pipeline:
-    """TF-IDF and a linear (complement naive Bayes) model with sigmoid-calibrated probabilities.
+    """Word counts, TF-IDF weights and a linear (complement naive Bayes) model with sigmoid-calibrated
+    probabilities.
 
-    Calibration matters: the service reports and monitors confidence. Every step is deterministic
-    (no shuffling, stratified folds in order), so the same data gives the same model.
+    Counts and weights are two steps (together what `TfidfVectorizer` does) so that the service reads
+    how many of an input's tokens the vocabulary knows from the counts, for the out-of-vocabulary
+    signal. Calibration matters: the service reports and monitors confidence. Every step is
+    deterministic (no shuffling, stratified folds in order), so the same data gives the same model.
     """
     return Pipeline(
         [
-            ("tfidf", TfidfVectorizer(analyzer=pre_tokenized, sublinear_tf=True, max_df=0.5)),
+            ("counts", CountVectorizer(analyzer=pre_tokenized, max_df=0.5)),
+            ("tfidf", TfidfTransformer(sublinear_tf=True)),
             (
                 "classifier",
                 # One classifier on all data with a calibrator fitted on cross-validated predictions:
@@ -63,3 +54,15 @@ def build_pipeline(alpha: float = 0.3) -> Pipeline:
             ),
         ]
     )
+
+
+def vectorize(pipeline: Pipeline, token_lists: Sequence[list[str]]) -> tuple[csr_matrix, np.ndarray]:
+    """The TF-IDF features of tokenised documents, and per document how many of its tokens the
+    vocabulary knows (repeats included): the row sums of the counts."""
+    counts = pipeline.named_steps["counts"].transform(token_lists)
+    known = np.asarray(counts.sum(axis=1)).ravel()
+    return pipeline.named_steps["tfidf"].transform(counts), known
+
+
+def predict_proba(pipeline: Pipeline, features: csr_matrix) -> np.ndarray:
+    return pipeline.named_steps["classifier"].predict_proba(features)

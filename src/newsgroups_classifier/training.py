@@ -18,8 +18,8 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from sklearn.pipeline import Pipeline
 
 from .data import ARCHIVE_ENV, DEFAULT_CATEGORIES, DataUnavailableError, Split, fingerprint, load_split
-from .model import MODEL_NAME, build_pipeline, tokenize, vectorize
-from .monitoring import build_baseline, signals
+from .drift_signals import build_baseline, signals
+from .model import MODEL_NAME, build_pipeline, predict_proba, tokenize, vectorize
 
 DEFAULT_MIN_MACRO_F1 = 0.85
 REPORT_FILE = "evaluation.json"
@@ -69,8 +69,8 @@ def evaluate(pipeline: Pipeline, split: Split) -> dict:
 def drift_baseline(pipeline: Pipeline, split: Split) -> dict:
     """Baseline on held-out documents, skipping blank ones the service would reject."""
     token_lists = [tokenize(text) for text in split.texts if text.strip()]
-    features, known = vectorize(pipeline.named_steps["tfidf"], token_lists)  # as the service does
-    probabilities = pipeline.named_steps["classifier"].predict_proba(features)
+    features, known = vectorize(pipeline, token_lists)  # as the service does
+    probabilities = predict_proba(pipeline, features)
     classes = list(pipeline.classes_)
     observed = signals([len(tokens) for tokens in token_lists], known, probabilities)
     predicted = [classes[i] for i in np.argmax(probabilities, axis=1)]

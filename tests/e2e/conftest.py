@@ -12,7 +12,7 @@ import stack as st
 
 from helpers import Server, free_port, start_server
 from newsgroups_classifier.data import load_split
-from newsgroups_classifier.deploy import shipped_bentoml_config
+from newsgroups_classifier.local_config import shipped_bentoml_config
 from otlp_receiver import OtlpReceiver
 
 

@@ -11,8 +11,8 @@ import pytest
 
 from helpers import model_dirs
 from newsgroups_classifier.data import load_split
+from newsgroups_classifier.drift_signals import HISTOGRAM_SIGNALS
 from newsgroups_classifier.model import tokenize
-from newsgroups_classifier.monitoring import HISTOGRAM_SIGNALS
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from newsgroups_classifier.feedback import FeedbackError, PredictionIdSigner, SeenIds
@@ -22,10 +24,36 @@ def test_an_id_signed_with_another_key_is_unknown():
         PredictionIdSigner(b"b" * 32, 60).verify(prediction_id)
 
 
+def claimed(seen: SeenIds, ref) -> bool:
+    try:
+        with seen.claim(ref):
+            return True
+    except FeedbackError as error:
+        assert error.reason == "duplicate_id" and error.status == 409
+        return False
+
+
 def test_duplicates_are_caught_across_connections(tmp_path):
     # Two workers of one instance share the SQLite file.
     signer = PredictionIdSigner(b"k" * 32, 3600)
     ref = signer.verify(signer.issue("v1", "rec.autos"))
-    SeenIds(tmp_path / "seen.sqlite", 3600).claim(ref)
-    with pytest.raises(FeedbackError, match="already recorded"):
-        SeenIds(tmp_path / "seen.sqlite", 3600).claim(ref)
+    assert claimed(SeenIds(tmp_path / "seen.sqlite", 3600), ref)
+    assert not claimed(SeenIds(tmp_path / "seen.sqlite", 3600), ref)
+
+
+def test_a_claim_whose_block_fails_is_not_kept(tmp_path):
+    # The block writes the feedback's log event: if that fails, the id must stay claimable.
+    signer, seen = PredictionIdSigner(b"k" * 32, 3600), SeenIds(tmp_path / "seen.sqlite", 3600)
+    ref = signer.verify(signer.issue("v1", "rec.autos"))
+    with pytest.raises(BrokenPipeError), seen.claim(ref):
+        raise BrokenPipeError("stdout is gone")
+    assert claimed(seen, ref) and not claimed(seen, ref)
+
+
+def test_one_connection_serves_concurrent_request_threads(tmp_path):
+    # Request threads share a worker's connection: each id is recorded exactly once, no error.
+    signer, seen = PredictionIdSigner(b"k" * 32, 3600), SeenIds(tmp_path / "seen.sqlite", 3600)
+    refs = [signer.verify(signer.issue("v1", "rec.autos")) for _ in range(50)]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda ref: claimed(seen, ref), refs * 4))
+    assert results.count(True) == 50 and results.count(False) == 150

@@ -1,4 +1,5 @@
-"""ML monitoring signals, computed the same way for the training baseline and for live traffic."""
+"""Drift signals of predictions (confidence, entropy, token count, out-of-vocabulary ratio) and the
+training baseline they are compared with, computed the same way for held-out data and live traffic."""
 
 from __future__ import annotations
 
@@ -14,11 +15,8 @@ BASELINE_BINS = 10
 
 @dataclass(frozen=True)
 class Signals:
-    """What the monitoring knows about a set of predictions: one entry per prediction.
-
-    Computed for many at once, as numpy arrays: the service does it for each bulk write of its
-    prediction events, training for the whole held-out split.
-    """
+    """What the monitoring knows about a set of predictions: one entry per prediction, as numpy arrays
+    (the service computes them for each batch it predicts, training for the held-out split)."""
 
     confidence: np.ndarray  # calibrated probability of the predicted class
     entropy: np.ndarray  # of the class probabilities, normalised to [0, 1]

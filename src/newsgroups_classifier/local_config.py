@@ -1,4 +1,4 @@
-"""The shipped BentoML configuration, rewritten for a process on this machine (`make serve`, tests).
+"""Renders the shipped BentoML configuration for a process on this machine (`make serve`, tests).
 
 The ConfigMap in manifests/ is the one source: only the OTLP endpoint, protocol and sample rate are
 changed for local runs, so what runs here is what runs in the cluster.

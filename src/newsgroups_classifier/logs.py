@@ -1,0 +1,177 @@
+"""Logs: every line a worker prints is one JSON object, stamped with the request's trace and span ids.
+
+Records are formatted where they are logged (the request's trace context is there) and written to
+stdout by a QueueListener thread, so a slow or blocked stdout delays lines, never a request; past
+`QUEUE_SIZE` waiting lines new ones are dropped and counted. Records of a durable logger (feedback:
+ground truth that a response acknowledges) are written and flushed before the call returns, and a
+failed write raises.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import queue
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from logging.handlers import QueueHandler, QueueListener
+from pathlib import Path
+
+from opentelemetry import trace
+
+from .metrics import DROPPED_LINES
+
+QUEUE_SIZE = 10_000
+SERVICE_LOGGERS = "newsgroups_classifier"
+EXPORTER_LOGGERS = ("opentelemetry",)  # they complain on every failed export while a collector is down
+
+
+class TraceIdFilter(logging.Filter):
+    """Stamps each record with the current span's trace and span ids (32 and 16 hex digits)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid:
+            record.trace_id = format(span_context.trace_id, "032x")
+            record.span_id = format(span_context.span_id, "016x")
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """`{"ts", "level", "logger", "trace_id", "span_id", ...}`, then `message`, or for an event logged
+    with `extra={"fields": {...}}` its name as `event` and the fields.
+
+    One form for every line, so that one Grafana derived-field regex, `"trace_id":"([0-9a-f]{32})"`,
+    finds the trace in any of them.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {"ts": self.formatTime(record), "level": record.levelname.lower(), "logger": record.name}
+        if hasattr(record, "trace_id"):
+            line["trace_id"], line["span_id"] = record.trace_id, record.span_id
+        fields = getattr(record, "fields", None)
+        if fields is None:
+            line["message"] = record.getMessage()
+        else:
+            line["event"] = record.getMessage()
+            line.update(fields)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, separators=(",", ":"), default=str)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+
+
+class StdoutHandler(logging.Handler):
+    """Writes each record as one line to stdout, whole.
+
+    A write to a pipe (a container's stdout) longer than PIPE_BUF bytes can be split, and another
+    worker's line could land inside it: each write takes an advisory lock that the workers of one
+    instance share. With `raise_errors`, a failed write raises to the caller instead of being reported.
+    """
+
+    def __init__(self, lock_path: Path, raise_errors: bool = False):
+        super().__init__()
+        self._lock_path = lock_path
+        self._lock_fd: int | None = None  # opened on first use, in the worker
+        self._raise_errors = raise_errors
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.write(self.format(record) + "\n")
+        except Exception:
+            if self._raise_errors:
+                raise
+            self.handleError(record)
+
+    def write(self, text: str) -> None:
+        data = memoryview(text.encode("utf-8", "replace"))
+        if self._lock_fd is None:
+            self._lock_fd = os.open(self._lock_path, os.O_CREAT | os.O_WRONLY, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            while data:
+                data = data[os.write(1, data) :]
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+
+class DroppingQueueHandler(QueueHandler):
+    """A QueueHandler that never waits: when the queue is full the record is dropped and counted."""
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            DROPPED_LINES.inc()
+
+
+class RateLimitFilter(logging.Filter):
+    """Lets through one record per logger per interval from the loggers named by `prefixes`, and says
+    how many were dropped since the last one."""
+
+    def __init__(
+        self,
+        prefixes: Iterable[str],
+        interval_seconds: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        super().__init__()
+        self._prefixes = tuple(prefixes)
+        self._interval = interval_seconds
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._dropped: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self._prefixes):
+            return True
+        now = self._clock()
+        if now - self._last.get(record.name, -self._interval) < self._interval:
+            self._dropped[record.name] = self._dropped.get(record.name, 0) + 1
+            return False
+        self._last[record.name] = now
+        dropped = self._dropped.pop(record.name, 0)
+        if dropped:
+            record.msg = f"{record.msg} ({dropped} similar messages suppressed in {self._interval:.0f} s)"
+        return True
+
+
+def install_json_logging(
+    lock_path: Path, durable_loggers: Iterable[str], rate_limited: Iterable[str] = ()
+) -> QueueListener:
+    """Replace BentoML's console handlers in this worker with the JSON pipeline; returns its listener
+    (stop it at shutdown: it writes what is still queued).
+
+    Called from the service's __init__, which runs after the worker has configured logging.
+    `durable_loggers` write synchronously; records of `rate_limited` (and the exporters') loggers are
+    let through once a minute per logger.
+    """
+    formatter, trace_ids = JsonFormatter(), TraceIdFilter()
+    stdout = StdoutHandler(lock_path)
+    stdout.setFormatter(logging.Formatter("%(message)s"))  # the queue handler formatted the line
+    queued = DroppingQueueHandler(queue.Queue(QUEUE_SIZE))
+    queued.setFormatter(formatter)
+    queued.addFilter(RateLimitFilter((*EXPORTER_LOGGERS, *rate_limited)))
+    queued.addFilter(trace_ids)
+    loggers = [logging.getLogger()] + [
+        logger for logger in logging.root.manager.loggerDict.values() if isinstance(logger, logging.Logger)
+    ]
+    for logger in loggers:
+        if any(isinstance(h, logging.StreamHandler) for h in logger.handlers):
+            logger.handlers = [queued]
+            logger.propagate = logger is logging.root  # one line per record, not one per handler
+    logging.getLogger(SERVICE_LOGGERS).setLevel(logging.INFO)
+    durable = StdoutHandler(lock_path, raise_errors=True)
+    durable.setFormatter(formatter)
+    durable.addFilter(trace_ids)
+    for name in durable_loggers:
+        logger = logging.getLogger(name)
+        logger.handlers, logger.propagate = [durable], False
+    listener = QueueListener(queued.queue, stdout)
+    listener.start()
+    return listener

@@ -1,0 +1,115 @@
+"""The inference spans and the telemetry stages in this process, on an in-memory span exporter."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from opentelemetry import context
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+from prometheus_client import REGISTRY
+
+from newsgroups_classifier.config import Settings
+from newsgroups_classifier.prediction_telemetry import ModelCall, PredictionTelemetry
+from newsgroups_classifier.tracing import StepTimer, record_inference, request_context
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+@pytest.fixture
+def exported():
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider.get_tracer("test"), exporter
+
+
+def request(parent_span_id: str = "00f067aa0ba902b7") -> context.Context:
+    return request_context(f"00-{TRACE_ID}-{parent_span_id}-01")
+
+
+def test_steps_become_child_spans_timed_as_they_ran(exported):
+    tracer, exporter = exported
+    timer = StepTimer()
+    for name in ("preprocess", "predict"):
+        with timer.step(name):
+            pass
+    record_inference(tracer, request(), timer, {"model.version": "v1"})
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    inference = spans["inference"]
+    assert format(inference.context.trace_id, "032x") == TRACE_ID
+    assert format(inference.parent.span_id, "016x") == "00f067aa0ba902b7"
+    assert inference.attributes["model.version"] == "v1"
+    assert spans["preprocess"].parent.span_id == spans["predict"].parent.span_id == inference.context.span_id
+    assert inference.start_time == timer.start_ns == spans["preprocess"].start_time
+    assert spans["preprocess"].end_time == spans["predict"].start_time  # the steps follow each other
+    assert spans["predict"].end_time == inference.end_time == timer.end_ns
+    assert all(span.status.status_code == StatusCode.UNSET for span in spans.values())
+
+
+def test_a_failed_step_gives_its_span_and_inference_the_error_status(exported):
+    tracer, exporter = exported
+    timer = StepTimer()
+    with timer.step("preprocess"):
+        pass
+    with pytest.raises(ValueError), timer.step("predict"):
+        raise ValueError("the model broke")
+    record_inference(tracer, request(), timer, {})
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    assert spans["preprocess"].status.status_code == StatusCode.UNSET
+    for name in ("predict", "inference"):
+        assert spans[name].status.status_code == StatusCode.ERROR, name
+        assert "the model broke" in spans[name].status.description
+        assert spans[name].events[0].name == "exception"
+
+
+class Prediction:
+    def __init__(self, label: str):
+        self.label, self.confidence, self.prediction_id = label, 0.9, f"id-{label}"
+
+
+class Item:
+    def __init__(self, text: str, traceparent: str = ""):
+        self.text, self.traceparent = text, traceparent
+
+
+class BrokenMetrics:
+    version = "v1"
+
+    def observe_predictions(self, labels, signals):
+        raise RuntimeError("metrics down")
+
+
+def call() -> ModelCall:
+    timer = StepTimer()
+    with timer.step("predict"):
+        pass
+    traceparent = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+    return ModelCall(
+        items=[Item("a goalie", traceparent), Item("an engine", traceparent)],
+        tokens=[["goalie"], ["engine"]],
+        known=np.array([1, 1]),
+        probabilities=np.array([[0.9, 0.1], [0.2, 0.8]]),
+        predictions=[Prediction("hockey"), Prediction("autos")],
+        timer=timer,
+    )
+
+
+def errors(stage: str) -> float:
+    return REGISTRY.get_sample_value("newsgroups_telemetry_errors_total", {"stage": stage}) or 0.0
+
+
+def test_a_failing_stage_is_counted_and_the_others_still_record(exported, monkeypatch, caplog):
+    tracer, exporter = exported
+    telemetry = PredictionTelemetry(BrokenMetrics(), "model", Settings())
+    monkeypatch.setattr(telemetry, "tracer", tracer)
+    before = errors("metrics"), errors("spans")
+    with caplog.at_level(logging.INFO):
+        telemetry.predicted("predict_batch", call())  # must not raise
+    assert (errors("metrics"), errors("spans")) == (before[0] + 1, before[1])
+    assert {span.name for span in exporter.get_finished_spans()} == {"inference", "predict"}
+    assert any("could not record a prediction's metrics" in r.getMessage() for r in caplog.records)
