@@ -17,14 +17,13 @@ OTLP_ENDPOINT ?= http://127.0.0.1:4317
 OTLP_PROTOCOL ?= grpc
 SAMPLE_RATE ?= 1.0
 EXTRA_DATA ?=
-# The benchmarks' load generator and instruction counter, from Debian's packages (bookworm), pinned.
+# The benchmark's load generator, from Debian's packages (bookworm), pinned.
 WRK_VERSION ?= 4.1.0-3+b2
-VALGRIND_VERSION ?= 1:3.19.0-1
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 include helm-config/charts.env
 
-.PHONY: help setup train serve test unit lint format validate stack-bin e2e loadtest bench bench-instructions bench-tools export-feedback \
+.PHONY: help setup train serve test unit lint format validate stack-bin e2e loadtest bench bench-tools export-feedback \
 	build cluster-up deploy dashboards port-forward cluster-down clean
 
 help: ## List the targets
@@ -71,17 +70,12 @@ e2e: stack-bin ## End to end against the real Prometheus, Loki, Promtail and Min
 loadtest: ## Locust, headless, against a local service, with pass/fail thresholds
 	$(PY) load_testing/run_loadtest.py
 
-bench: bench-tools ## Side-by-side benchmark: model alone, plain FastAPI, our service with and without telemetry
+bench: bench-tools ## Side by side: ours against FastAPI (plain, same telemetry), telemetry costs, speed levers
 	$(PY) load_testing/benchmark.py
 
-bench-instructions: bench-tools ## What telemetry costs in instructions per request (callgrind), which a noisy host moves far less
-	$(PY) load_testing/instruction_count.py
-
-bench-tools: ## Install the benchmarks' tools from Debian's packages: wrk at WRK_VERSION, valgrind at VALGRIND_VERSION
-	@{ dpkg-query -W -f='$${Version}' wrk 2>/dev/null | grep -qxF '$(WRK_VERSION)' \
-		&& dpkg-query -W -f='$${Version}' valgrind 2>/dev/null | grep -qxF '$(VALGRIND_VERSION)'; } \
-		|| { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends \
-			wrk=$(WRK_VERSION) valgrind=$(VALGRIND_VERSION); }
+bench-tools: ## Install the benchmark's load generator from Debian's packages: wrk at WRK_VERSION
+	@dpkg-query -W -f='$${Version}' wrk 2>/dev/null | grep -qxF '$(WRK_VERSION)' \
+		|| { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends wrk=$(WRK_VERSION); }
 
 export-feedback: ## Export prediction events and feedback from Loki as a labelled JSON Lines dataset
 	$(PY) -m newsgroups_classifier.export $(EXPORT_ARGS)

@@ -1,14 +1,17 @@
-"""Side-by-side benchmark (`make bench`): the model alone, a plain FastAPI app, and our service with
-telemetry off, with full telemetry, at 10% sampling and with adaptive batching, on the same machine
-and the same documents (the test split).
+"""Side-by-side benchmark (`make bench`): our service against the FastAPI app a user would write
+instead (plain, and with the same telemetry), what our telemetry costs, and the levers that move our
+speed (sync or async API methods, workers, batching's max latency, sampling), on the same machine and
+the same documents (the test split).
 
-Every HTTP configuration gets the same closed-loop load from wrk (C, one thread, JSON bodies cycled
-by load_testing/wrk_bodies.lua). The run goes in rounds: each round measures every configuration
-once, in a rotated order, so background noise lands on all of them alike; each ratio is computed
-within a round and the median over rounds is reported. Besides requests per second, each row has
-requests per CPU-second of the server's process tree, which other jobs on a shared machine disturb
-far less. The OTLP receiver runs in its own process. Prints a Markdown table and writes it, with the
-raw numbers, to reports/benchmark.{md,json}.
+Every server gets the same closed-loop load from wrk (one thread, JSON bodies cycled by
+load_testing/wrk_bodies.lua). The run goes in rounds: each round measures every target once, in a
+rotated order, so background noise lands on all of them alike; each ratio is computed within a round
+and the median over rounds is reported, in requests per CPU-second of the server's process tree
+(which other jobs on a shared machine disturb far less than requests per second). A second
+telemetry-off server, configured exactly like the first, is the A/A control: how far apart two
+identical servers come out is the run's noise floor, reported with every ratio. The OTLP receiver
+runs in its own process. Prints a Markdown table and writes it, with the raw numbers, to
+reports/benchmark.{md,json}.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,73 +50,89 @@ from workload import (
 from helpers import GiveUp, free_port, poll_until, start_server, tail
 from otlp_receiver import OtlpReceiver
 
-WRK_SCRIPT = Path(__file__).with_name("wrk_bodies.lua")
-FASTAPI_APP = "fastapi_app:app"
+HERE = Path(__file__).parent
+WRK_SCRIPT = HERE / "wrk_bodies.lua"
 MODEL_BATCH = 64  # MAX_BATCH_SIZE shipped in the ConfigMap: the largest batch one request may carry
 SERVER_ATTRIBUTE = "benchmark.server"  # resource attribute telling the receiver which server sent a span
 EXPORT_DELAY = 6  # seconds: BatchSpanProcessor exports every 5 s
-
-FASTAPI, OFF, NO_TRACES = "FastAPI + uvicorn", "ours, telemetry off", "ours, metrics and logs, no traces"
-FULL, TENTH = "ours, full telemetry", "ours, 10% sampling"
-# A second server configured as "off": the noise floor of every ratio, which compares two servers.
-OFF_AGAIN = f"{OFF}, a second server (A/A control)"
-OFF_BATCHED, FULL_BATCHED = f"{OFF}, adaptive batching", f"{FULL}, adaptive batching"
-MANY = "{} ({} connections)"
-FULL_COST, TENTH_COST = "full telemetry / telemetry off", "10% sampling / telemetry off"
-AA_CONTROL = "A/A control: a second telemetry-off server / telemetry off"
-BEST_VS_FASTAPI = "best of ours / FastAPI"
+VARIANTS = "service_variants:Variant"  # load_testing/service_variants.py
 
 
 @dataclass(frozen=True)
-class Config:
-    """One of our servers: sampling rate, BentoML configuration overrides, environment."""
+class Server:
+    """One server of the run: ours (the shipped service or a variant) or a FastAPI app."""
 
-    sample_rate: float
-    traced: bool
-    overrides: dict | None = None
-    env: dict | None = None
+    kind: str  # "ours", "variant" or "fastapi"
+    sample_rate: float = 1.0
+    env: dict = field(default_factory=dict)
+    overrides: dict | None = None  # merged into our BentoML configuration
 
 
 # Telemetry off: no traces sampled, BentoML's request metrics and access log disabled, and the
 # service's own telemetry (prediction events, ML metrics, inference spans) switched off.
-TELEMETRY_OFF = Config(
+OFF = Server(
+    "ours",
     0.0,
-    False,
-    {"services": {"metrics": {"enabled": False}, "logging": {"access": {"enabled": False}}}},
     {"TELEMETRY": "off"},
+    {"services": {"metrics": {"enabled": False}, "logging": {"access": {"enabled": False}}}},
 )
-OUR_SERVERS = {
-    "off": TELEMETRY_OFF,
-    "off-again": TELEMETRY_OFF,
-    "no-traces": Config(0.0, False),
-    "full": Config(1.0, True),
-    "tenth": Config(0.1, True),
+SERVERS = {
+    "fastapi": Server("fastapi", 0.0),
+    "peer": Server("fastapi", 1.0, {"PEER_TELEMETRY": "on"}),
+    "off": OFF,
+    "off-again": OFF,  # the A/A control
+    "full": Server("ours"),
+    "tenth": Server("ours", 0.1),
+    "no-traces": Server("ours", 0.0),
+    "async": Server("variant", env={"BENCH_API": "async"}),
+    "two-workers": Server("ours", env={"WORKERS": "2"}),
+    "latency-100ms": Server("variant", env={"BENCH_MAX_LATENCY_MS": "100"}),
 }
+TRACED = [name for name, server in SERVERS.items() if server.sample_rate > 0]
 
 
 @dataclass(frozen=True)
 class Target:
     label: str
     server: str
-    path: str
-    bodies: str  # "single": {"text": ...}; "batch": {"texts": [...]} with one text
-    connections: int
+    path: str  # /predict_batch with one text per request: adaptive batching merges the requests
 
 
-def targets(connections: int, many: int) -> list[Target]:
-    """What each configuration serves: /predict, or /predict_batch with one text per request."""
-    return [
-        Target(FASTAPI, "fastapi", "/predict", "single", connections),
-        Target(OFF, "off", "/predict", "single", connections),
-        Target(NO_TRACES, "no-traces", "/predict", "single", connections),
-        Target(FULL, "full", "/predict", "single", connections),
-        Target(TENTH, "tenth", "/predict", "single", connections),
-        Target(OFF_BATCHED, "off", "/predict_batch", "batch", connections),
-        Target(OFF_AGAIN, "off-again", "/predict", "single", connections),
-        Target(FULL_BATCHED, "full", "/predict_batch", "batch", connections),
-        Target(MANY.format(FASTAPI, many), "fastapi", "/predict", "single", many),
-        Target(MANY.format(FULL_BATCHED, many), "full", "/predict_batch", "batch", many),
-    ]
+SINGLE, BATCHED = "/predict", "/predict_batch"
+TARGETS = [
+    Target("FastAPI, no telemetry", "fastapi", SINGLE),
+    Target("FastAPI with the same telemetry (the peer)", "peer", SINGLE),
+    Target("ours, telemetry off", "off", SINGLE),
+    Target("ours, telemetry off, a second server (A/A control)", "off-again", SINGLE),
+    Target("ours, as shipped (full telemetry, sync)", "full", SINGLE),
+    Target("ours, as shipped, adaptive batching", "full", BATCHED),
+    Target("ours, 10% sampling", "tenth", SINGLE),
+    Target("ours, metrics and logs, no traces", "no-traces", SINGLE),
+    Target("ours, async API methods", "async", SINGLE),
+    Target("ours, async API methods, adaptive batching", "async", BATCHED),
+    Target("ours, 2 workers", "two-workers", SINGLE),
+    Target("ours, adaptive batching, max latency 100 ms", "latency-100ms", BATCHED),
+]
+LABEL = {(target.server, target.path): target.label for target in TARGETS}
+AA_CONTROL = "A/A control: a second telemetry-off server / telemetry off"
+FULL_COST, TENTH_COST = "telemetry off / full telemetry - 1 (cost)", "telemetry off / 10% sampling - 1 (cost)"
+PEER_SINGLE, PEER_BATCHED = "ours / peer, single requests", "ours with adaptive batching / peer"
+# name -> (numerator, denominator): each a (server, path) of TARGETS.
+RATIOS = {
+    AA_CONTROL: (("off-again", SINGLE), ("off", SINGLE)),
+    PEER_SINGLE: (("full", SINGLE), ("peer", SINGLE)),
+    PEER_BATCHED: (("full", BATCHED), ("peer", SINGLE)),
+    "ours / FastAPI without telemetry": (("full", SINGLE), ("fastapi", SINGLE)),
+    "peer / FastAPI without telemetry": (("peer", SINGLE), ("fastapi", SINGLE)),
+    "full telemetry / telemetry off": (("full", SINGLE), ("off", SINGLE)),
+    "10% sampling / telemetry off": (("tenth", SINGLE), ("off", SINGLE)),
+    "metrics and logs, no traces / telemetry off": (("no-traces", SINGLE), ("off", SINGLE)),
+    "lever: async / sync API methods": (("async", SINGLE), ("full", SINGLE)),
+    "lever: async / sync, adaptive batching": (("async", BATCHED), ("full", BATCHED)),
+    "lever: 2 workers / 1": (("two-workers", SINGLE), ("full", SINGLE)),
+    "lever: max latency 100 ms / 1000 ms, adaptive batching": (("latency-100ms", BATCHED), ("full", BATCHED)),
+    "lever: 10% / full sampling": (("tenth", SINGLE), ("full", SINGLE)),
+}
 
 
 # --- the OTLP receiver, in a process of its own ---------------------------------------------------
@@ -166,11 +185,19 @@ class Running:
     requests: int = 0  # everything sent to it, warm-up included
 
 
-def start_fastapi(model_folder: Path, workdir: Path) -> Running:
-    port = free_port()
-    log = workdir / "fastapi.log"
-    env = {**os.environ, "MODEL_PATH": str(model_folder / "saved_model.pkl")}
-    command = [sys.executable, "-m", "uvicorn", FASTAPI_APP, "--app-dir", str(Path(__file__).parent)]
+def start_fastapi(
+    name: str, server: Server, model_folder: Path, workdir: Path, receiver: Receiver
+) -> Running:
+    port, log = free_port(), workdir / f"{name}.log"
+    env = {
+        **os.environ,
+        "MODEL_PATH": str(model_folder / "saved_model.pkl"),
+        "OTLP_ENDPOINT": receiver.endpoint,
+        "SAMPLE_RATE": str(server.sample_rate),
+        "OTEL_RESOURCE_ATTRIBUTES": f"{SERVER_ATTRIBUTE}={name}",
+        **server.env,
+    }
+    command = [sys.executable, "-m", "uvicorn", "fastapi_app:app", "--app-dir", str(HERE), "--no-access-log"]
     with open(log, "ab") as out:
         process = subprocess.Popen(  # a session of its own, as `bentoml serve` gets from start_server
             [*command, "--host", "127.0.0.1", "--port", str(port)],
@@ -192,36 +219,36 @@ def start_fastapi(model_folder: Path, workdir: Path) -> Running:
         process.wait(20)
 
     try:
-        poll_until(ready, timeout=90, what="the FastAPI app to be ready")
+        poll_until(ready, timeout=90, what=f"the FastAPI app {name} to be ready")
     except AssertionError:
         stop()
         raise
     return Running(url, process.pid, stop)
 
 
-def start_ours(
-    name: str, config: Config, workdir: Path, receiver: Receiver, wrapper: Sequence[str] = (), **env: str
-) -> Running:
-    server = start_server(
+def start_ours(name: str, server: Server, workdir: Path, receiver: Receiver) -> Running:
+    variant = {"service": VARIANTS, "working_dir": HERE} if server.kind == "variant" else {}
+    running = start_server(
         models_home(),
         workdir / name,
         receiver.endpoint,
         "grpc",
-        config.sample_rate,
-        env={"OTEL_RESOURCE_ATTRIBUTES": f"{SERVER_ATTRIBUTE}={name}", **(config.env or {}), **env},
-        config_overrides=config.overrides,
-        wrapper=wrapper,
-        timeout=600 if wrapper else 90,
+        server.sample_rate,
+        env={"OTEL_RESOURCE_ATTRIBUTES": f"{SERVER_ATTRIBUTE}={name}", **server.env},
+        config_overrides=server.overrides,
+        **variant,
     )
-    return Running(server.url, server.process.pid, server.stop)
+    return Running(running.url, running.process.pid, running.stop)
 
 
 def start_servers(model_folder: Path, workdir: Path, receiver: Receiver) -> dict[str, Running]:
     servers: dict[str, Running] = {}
     try:
-        servers["fastapi"] = start_fastapi(model_folder, workdir)
-        for name, config in OUR_SERVERS.items():
-            servers[name] = start_ours(name, config, workdir, receiver)
+        for name, server in SERVERS.items():
+            if server.kind == "fastapi":
+                servers[name] = start_fastapi(name, server, model_folder, workdir, receiver)
+            else:
+                servers[name] = start_ours(name, server, workdir, receiver)
     except BaseException:
         stop_all(servers)
         raise
@@ -250,7 +277,6 @@ class Run:
     errors: int  # non-2xx responses and socket errors
     status_503: int
     server_cpu: float  # percent of one core, whole process tree
-    generator_cpu: float  # wrk's, percent of one core
     tree_mib: float
     largest_mib: float
 
@@ -266,28 +292,24 @@ def cpu_seconds(processes: list[psutil.Process]) -> float:
     return total
 
 
-def wrk(server: Running, target: Target, bodies: Path, seconds: int) -> tuple[dict, float]:
-    """Runs wrk; returns its result line and the CPU seconds it used (from the kernel's accounting)."""
-    command = ["wrk", "-t1", f"-c{target.connections}", f"-d{seconds}s", "--timeout", "30s"]
-    command += ["-s", str(WRK_SCRIPT), server.url, "--", str(bodies), target.path]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    lines = [line for line in output.splitlines() if line.startswith("WRK_RESULT ")]
-    if process.returncode != 0 or not lines:
-        raise RuntimeError(f"wrk failed ({process.returncode}):\n{output}")
+def wrk(server: Running, path: str, bodies: Path, connections: int, seconds: float) -> dict:
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s"]
+    command += ["-s", str(WRK_SCRIPT), server.url, "--", str(bodies), path]
+    done = subprocess.run(command, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("WRK_RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     result = json.loads(lines[-1].removeprefix("WRK_RESULT "))
     server.requests += result["requests"]
-    return result, usage.ru_utime + usage.ru_stime
+    return result
 
 
-def measure(target: Target, server: Running, bodies: Path, seconds: int, round_: int) -> Run:
+def measure(target: Target, server: Running, bodies: Path, args: argparse.Namespace, round_: int) -> Run:
     tree = process_tree(server.pid)
-    server_cpu = cpu_seconds(tree)
+    started_cpu = cpu_seconds(tree)
     with MemorySampler(server.pid) as memory:
-        result, generator_cpu = wrk(server, target, bodies, seconds)
-    server_cpu = cpu_seconds(tree) - server_cpu
+        result = wrk(server, target.path, bodies, args.connections, args.seconds)
+    server_cpu = cpu_seconds(tree) - started_cpu
     elapsed = result["duration_us"] / 1e6
     statuses = {int(code): count for code, count in result["statuses"].items()}
     socket_errors = sum(result[key] for key in ("connect_errors", "read_errors", "write_errors", "timeouts"))
@@ -304,30 +326,16 @@ def measure(target: Target, server: Running, bodies: Path, seconds: int, round_:
         errors=socket_errors + sum(count for code, count in statuses.items() if not 200 <= code < 300),
         status_503=statuses.get(503, 0),
         server_cpu=100 * server_cpu / elapsed,
-        generator_cpu=100 * generator_cpu / elapsed,
         tree_mib=memory.peak.tree_mib,
         largest_mib=memory.peak.largest_mib,
-    )
-
-
-def progress(run: Run) -> str:
-    return (
-        f"round {run.round + 1}: {run.target:<58} {run.throughput:5.0f} req/s {run.per_cpu_second:5.0f} "
-        f"req/CPU-s  p95 {run.p95_ms:6.1f} ms  server CPU {run.server_cpu:3.0f}%  errors {run.errors}"
     )
 
 
 # --- the model alone ------------------------------------------------------------------------------------
 
 
-def percentiles_ms(seconds: list[float]) -> dict:
-    p50, p95, p99 = np.percentile(np.array(seconds) * 1000, [50, 95, 99])
-    return {"p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99)}
-
-
 def time_calls(call, inputs: list, items_per_call: int, seconds: float) -> dict:
-    """Calls `call` on the inputs in turn for `seconds`: items per second of wall and of CPU time,
-    and each call's latency."""
+    """Calls `call` on the inputs in turn for `seconds`: items per CPU-second and each call's p50."""
     took: list[float] = []
     cpu_started, deadline = time.process_time(), time.perf_counter() + seconds
     while time.perf_counter() < deadline:
@@ -335,11 +343,7 @@ def time_calls(call, inputs: list, items_per_call: int, seconds: float) -> dict:
         call(inputs[len(took) % len(inputs)])
         took.append(time.perf_counter() - started)
     items = len(took) * items_per_call
-    return {
-        "throughput": items / sum(took),
-        "per_cpu_second": items / (time.process_time() - cpu_started),
-        **percentiles_ms(took),
-    }
+    return {"per_cpu_second": items / (time.process_time() - cpu_started), "p50_ms": 1000 * median(took)}
 
 
 def model_alone(model_folder: Path, seconds: float) -> dict:
@@ -352,32 +356,19 @@ def model_alone(model_folder: Path, seconds: float) -> dict:
     texts = documents().texts
     batches = [texts[i : i + MODEL_BATCH] for i in range(0, len(texts) - MODEL_BATCH + 1, MODEL_BATCH)]
     return {
-        "single": time_calls(lambda text: pipeline.predict_proba([tokenize(text)]), texts, 1, seconds),
-        f"batches of {MODEL_BATCH}": time_calls(
+        "model alone, one document per call": time_calls(
+            lambda text: pipeline.predict_proba([tokenize(text)]), texts, 1, seconds
+        ),
+        f"model alone, {MODEL_BATCH} documents per call": time_calls(
             lambda batch: pipeline.predict_proba([tokenize(text) for text in batch]),
             batches,
             MODEL_BATCH,
             seconds,
         ),
-        "rss_mib": psutil.Process().memory_info().rss / 2**20,
     }
 
 
-def run_model_alone(model_folder: Path, seconds: float) -> dict:
-    """In a fresh process, so that its memory is the model's alone."""
-    output = subprocess.run(
-        [sys.executable, __file__, "--model-alone", str(model_folder), "--model-seconds", str(seconds)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    ).stdout
-    return json.loads(output.splitlines()[-1])
-
-
 # --- summary ---------------------------------------------------------------------------------------------
-
-MEDIAN_FIELDS = ("throughput", "per_cpu_second", "p50_ms", "p95_ms", "p99_ms", "server_cpu", "generator_cpu")
 
 
 def median(values: list[float]) -> float:
@@ -386,109 +377,38 @@ def median(values: list[float]) -> float:
 
 def summarise(target: Target, runs: list[Run]) -> dict:
     mine = [run for run in runs if run.target == target.label]
+    keys = ("throughput", "per_cpu_second", "p50_ms", "p95_ms", "p99_ms", "server_cpu")
     return {
         "target": target.label,
         "path": target.path,
-        "connections": target.connections,
-        **{key: median([getattr(run, key) for run in mine]) for key in MEDIAN_FIELDS},
+        **{key: median([getattr(run, key) for run in mine]) for key in keys},
         "requests": sum(run.requests for run in mine),
         "errors": sum(run.errors for run in mine),
         "status_503": sum(run.status_503 for run in mine),
-        "tree_mib": max(run.tree_mib for run in mine),
         "largest_mib": max(run.largest_mib for run in mine),
     }
 
 
-def summarise_model_alone(rounds: list[dict]) -> list[dict]:
-    """Median over rounds, per kind of call, in the table's columns."""
-    rss = median([measured["rss_mib"] for measured in rounds])
-    return [
-        {
-            "target": f"model alone, {kind} (docs)",
-            "path": "in-process",
-            "connections": 1,
-            "tree_mib": rss,
-            "largest_mib": rss,
-            **{key: median([measured[kind][key] for measured in rounds]) for key in rounds[0][kind]},
-        }
-        for kind in rounds[0]
-        if kind != "rss_mib"
-    ]
-
-
-def ratio(runs: list[Run], numerator: str | list[str], denominator: str, key: str) -> dict:
-    """Per round: `key` of `numerator` (the best of a list) over that of `denominator`; median of rounds."""
-    names = [numerator] if isinstance(numerator, str) else numerator
-    per_round = []
-    for round_ in sorted({run.round for run in runs}):
-        value = {run.target: getattr(run, key) for run in runs if run.round == round_}
-        per_round.append(max(value[name] for name in names) / value[denominator])
-    return {"median": median(per_round), "rounds": per_round}
-
-
-def ratios(runs: list[Run], many: int) -> dict:
-    ours = [OFF, NO_TRACES, FULL, TENTH, OFF_BATCHED, FULL_BATCHED]
-    pairs = {
-        AA_CONTROL: (OFF_AGAIN, OFF),
-        FULL_COST: (FULL, OFF),
-        TENTH_COST: (TENTH, OFF),
-        "metrics and logs, no traces / telemetry off": (NO_TRACES, OFF),
-        "full telemetry / telemetry off, both with batching": (FULL_BATCHED, OFF_BATCHED),
-        BEST_VS_FASTAPI: (ours, FASTAPI),
-        "ours, full telemetry / FastAPI, same endpoint (/predict)": (FULL, FASTAPI),
-        f"ours, full telemetry, batching / FastAPI, {many} connections": (
-            MANY.format(FULL_BATCHED, many),
-            MANY.format(FASTAPI, many),
-        ),
-    }
-    return {
-        name: {key: ratio(runs, top, bottom, key) for key in ("per_cpu_second", "throughput")}
-        for name, (top, bottom) in pairs.items()
-    }
-
-
-def trace_export(servers: dict[str, Running], receiver: Receiver, receiver_cpu: float) -> list[dict]:
-    """Spans the receiver got from each traced server, per request it served."""
-    rows = []
-    for name, counter in receiver.spans.items():
-        requests_ = servers[name].requests
-        rows.append({"server": name, "requests": requests_, "spans": counter.value})
-        rows[-1]["spans_per_request"] = counter.value / max(1, requests_)
-    total = sum(row["spans"] for row in rows)
-    return [*rows, {"receiver_cpu_seconds": receiver_cpu, "spans": total}]
-
-
-def machine() -> dict:
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-        platform.processor(),
-    )
-    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[0]
-    import bentoml
-    import fastapi
-    import sklearn
-    import uvicorn
-
-    return {
-        "cpu": cpu,
-        "cores": psutil.cpu_count(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "versions": f"bentoml {bentoml.__version__}, scikit-learn {sklearn.__version__}, "
-        f"fastapi {fastapi.__version__}, uvicorn {uvicorn.__version__}, {wrk_version.split(' [')[0]}",
-        "load_average_start": [round(x, 2) for x in os.getloadavg()],
-    }
+def ratios(runs: list[Run]) -> dict:
+    """Per round, per CPU-second of the numerator's target over the denominator's; their median."""
+    result = {}
+    for name, (top, bottom) in RATIOS.items():
+        per_round = []
+        for round_ in sorted({run.round for run in runs}):
+            value = {run.target: run.per_cpu_second for run in runs if run.round == round_}
+            per_round.append(value[LABEL[top]] / value[LABEL[bottom]])
+        result[name] = {"median": median(per_round), "rounds": per_round}
+    return result
 
 
 @dataclass
 class Report:
     machine: dict
     settings: dict
-    model_alone: list[dict] = field(default_factory=list)
+    model_alone: dict = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)
     ratios: dict = field(default_factory=dict)
-    trace_export: list[dict] = field(default_factory=list)
+    spans: dict = field(default_factory=dict)
     runs: list[dict] = field(default_factory=list)
 
 
@@ -497,60 +417,58 @@ def noise_floor(report: Report) -> float:
     error of its rounds' median (interquartile range / 1.35, a standard deviation robust to outliers,
     times 1.25 / sqrt(rounds)) combined with how far that median is from 1, since two identically
     configured servers can differ by several percent for a whole run."""
-    control = report.ratios[AA_CONTROL]["per_cpu_second"]
+    control = report.ratios[AA_CONTROL]
     quartiles = np.percentile(control["rounds"], [25, 75])
     spread = (quartiles[1] - quartiles[0]) / 1.35 * 1.25 / len(control["rounds"]) ** 0.5
     return float(math.hypot(spread, control["median"] - 1))
 
 
-def judge(cost: float, target: float, noise: float) -> bool | None:
-    """Whether a measured cost is within its target: None (unresolved) when it is within two noise
-    floors of the target, where the run cannot tell which side of the target the cost is on."""
-    return None if abs(cost - target) < 2 * noise else cost <= target
+def judge(measured: float, target: float, noise: float, at_least: bool = True) -> bool | None:
+    """Whether a measured ratio meets its target (at least, or at most, `target`): None (unresolved)
+    when it is within two noise floors of the target, where the run cannot tell which side it is on."""
+    if abs(measured - target) < 2 * noise:
+        return None
+    return measured >= target if at_least else measured <= target
 
 
 def verdicts(report: Report) -> list[tuple[str, str, bool | None]]:
-    """The issue's targets: (target, measured, met). Ratios are judged per server CPU-second, each
-    cost against the run's noise floor (`judge`)."""
     noise = noise_floor(report)
 
-    def cost(name: str) -> tuple[float, float]:
-        value = report.ratios[name]
-        return 1 - value["per_cpu_second"]["median"], 1 - value["throughput"]["median"]
+    def ratio(name: str) -> float:
+        return report.ratios[name]["median"]
 
-    full, tenth = cost(FULL_COST), cost(TENTH_COST)
-    best = [report.ratios[BEST_VS_FASTAPI][key]["median"] for key in ("per_cpu_second", "throughput")]
-    batched = [row for row in report.rows if "batching" in row["target"]]
+    full_cost = 1 - ratio("full telemetry / telemetry off")
+    shipped_batched = next(row for row in report.rows if row["target"] == LABEL["full", BATCHED])
     worker = max(row["largest_mib"] for row in report.rows if row["target"].startswith("ours"))
-    both = "{:.1%} per CPU-second ({:.1%} in req/s), noise floor {:.1%}"
     return [
         (
-            "full telemetry costs at most 10% of throughput",
-            both.format(*full, noise),
-            judge(full[0], 0.10, noise),
-        ),
-        ("10% sampling costs at most 3%", both.format(*tenth, noise), judge(tenth[0], 0.03, noise)),
-        (
-            "our best configuration at least matches FastAPI",
-            "{:.2f}x per CPU-second ({:.2f}x in req/s)".format(*best),
-            best[0] >= 1.0,
+            "ours / peer, single requests, at least 1.0x",
+            f"{ratio(PEER_SINGLE):.2f}x",
+            judge(ratio(PEER_SINGLE), 1.0, noise),
         ),
         (
-            "adaptive batching returns no 503",
-            f"{sum(row['status_503'] for row in batched)} of {sum(row['requests'] for row in batched)}",
-            all(row["status_503"] == 0 for row in batched),
+            "ours with adaptive batching / peer, at least 1.5x",
+            f"{ratio(PEER_BATCHED):.2f}x",
+            judge(ratio(PEER_BATCHED), 1.5, noise),
+        ),
+        (
+            "full telemetry costs what it costs the peer or less",
+            f"ours {full_cost:.1%}, peer {1 - ratio('peer / FastAPI without telemetry'):.1%}",
+            judge(ratio("full telemetry / telemetry off"), ratio("peer / FastAPI without telemetry"), noise),
+        ),
+        (
+            "adaptive batching as shipped returns no 503",
+            f"{shipped_batched['status_503']} of {shipped_batched['requests']}",
+            shipped_batched["status_503"] == 0,
         ),
         ("worker memory under 400 MiB", f"{worker:.0f} MiB", worker < 400),
     ]
 
 
-VERDICT = {True: "yes", False: "NO", None: "unresolved: within two noise floors of the target"}
-
-# (header, key, format) of each column of the table; "-" where a row has no such number.
+VERDICT = {True: "yes", False: "NO", None: "unresolved: within two noise floors"}
 COLUMNS = [
     ("configuration", "target", ""),
     ("endpoint", "path", ""),
-    ("conns", "connections", ""),
     ("req/s", "throughput", ".0f"),
     ("req/CPU-s", "per_cpu_second", ".0f"),
     ("p50 ms", "p50_ms", ".1f"),
@@ -559,72 +477,81 @@ COLUMNS = [
     ("errors", "errors", ""),
     ("503", "status_503", ""),
     ("server CPU %", "server_cpu", ".0f"),
-    ("wrk CPU %", "generator_cpu", ".1f"),
-    ("tree RSS MiB", "tree_mib", ".0f"),
     ("largest process MiB", "largest_mib", ".0f"),
 ]
 
 
-def table_row(values: dict) -> str:
-    cells = [format(values[key], spec) if key in values else "-" for _, key, spec in COLUMNS]
-    return "| " + " | ".join(cells) + " |"
-
-
 def markdown(report: Report) -> str:
-    settings = report.settings
+    settings, noise = report.settings, noise_floor(report)
     lines = [
-        f"{settings['rounds']} rounds of {settings['seconds']} s per configuration, wrk closed loop "
-        f"(1 thread), {settings['documents']} test-split documents cycled; medians over rounds. "
-        "req/CPU-s: requests per CPU-second of the server's whole process tree.\n",
+        f"{settings['rounds']} rounds of {settings['seconds']} s per target, wrk closed loop (1 thread, "
+        f"{settings['connections']} connections), {settings['documents']} test-split documents cycled; "
+        "medians over rounds. req/CPU-s: requests per CPU-second of the server's whole process tree.\n",
         "| " + " | ".join(header for header, _, _ in COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
-        *[table_row(row) for row in report.model_alone + report.rows],
-        "\n| ratio (within each round: median, then each round) | per CPU-second | req/s |",
+    ]
+    for row in report.rows:
+        cells = [format(row[key], spec) if key in row else "-" for _, key, spec in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["\n| model alone, in one process | documents/CPU-s | p50 ms per call |", "|---|---|---|"]
+    lines += [
+        f"| {kind} | {m['per_cpu_second']:.0f} | {m['p50_ms']:.2f} |"
+        for kind, m in report.model_alone.items()
+    ]
+    lines += [
+        f"\nNoise floor of this run (A/A control): {noise:.1%}.\n",
+        "| ratio per CPU-second | median | rounds |",
         "|---|---|---|",
     ]
     for name, value in report.ratios.items():
-        cells = [
-            f"{value[key]['median']:.3f} ({', '.join(f'{x:.3f}' for x in value[key]['rounds'])})"
-            for key in ("per_cpu_second", "throughput")
-        ]
-        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
-    *servers, receiver = report.trace_export
+        lines.append(f"| {name} | {value['median']:.3f} | {', '.join(f'{x:.2f}' for x in value['rounds'])} |")
     lines += ["\n| traced server | requests | spans received | spans/request |", "|---|---|---|---|"]
-    lines += [
-        f"| {r['server']} | {r['requests']} | {r['spans']} | {r['spans_per_request']:.2f} |" for r in servers
-    ]
-    per_thousand = 1000 * receiver["receiver_cpu_seconds"] / max(1, receiver["spans"])
-    lines.append(
-        f"\nOTLP receiver: {receiver['receiver_cpu_seconds']:.1f} CPU-s, {per_thousand:.3f} per 1000 spans."
-    )
+    for name, (sent, spans) in report.spans.items():
+        lines.append(f"| {name} | {sent} | {spans} | {spans / max(1, sent):.2f} |")
     lines += ["\n| target | measured | met |", "|---|---|---|"]
     lines += [f"| {name} | {measured} | {VERDICT[met]} |" for name, measured, met in verdicts(report)]
     lines.append("\nMachine: " + "; ".join(f"{key}: {value}" for key, value in report.machine.items()))
     return "\n".join(lines) + "\n"
 
 
+def machine() -> dict:
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
+    )
+    import bentoml
+    import fastapi
+    import sklearn
+    import uvicorn
+
+    return {
+        "cpu": cpu,
+        "cores": psutil.cpu_count(),
+        "python": platform.python_version(),
+        "versions": f"bentoml {bentoml.__version__}, scikit-learn {sklearn.__version__}, "
+        f"fastapi {fastapi.__version__}, uvicorn {uvicorn.__version__}",
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
 # --- the run -----------------------------------------------------------------------------------------
 
 
-def write_bodies(folder: Path, texts: list[str]) -> dict[str, Path]:
-    paths = {"single": folder / "single.jsonl", "batch": folder / "batch.jsonl"}
-    paths["single"].write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
-    paths["batch"].write_text("".join(json.dumps({"texts": [text]}) + "\n" for text in texts))
-    return paths
-
-
-def run_rounds(args: argparse.Namespace, plan: list[Target], servers: dict, bodies: dict, model: Path):
-    for target in plan:  # warm up each path once (thread pools, caches, batching's latency model)
-        wrk(servers[target.server], target, bodies[target.bodies], args.warmup)
+def run_rounds(args: argparse.Namespace, servers: dict[str, Running], bodies: dict[str, Path]) -> list[Run]:
+    for target in TARGETS:  # warm up each path once (thread pools, caches, batching's latency model)
+        wrk(servers[target.server], target.path, bodies[target.path], args.connections, args.warmup)
     runs: list[Run] = []
-    alone: list[dict] = []
     for round_ in range(args.rounds):
-        alone.append(run_model_alone(model, args.model_seconds))
-        shift = round_ % len(plan)
-        for target in plan[shift:] + plan[:shift]:  # rotated, so no configuration always goes first
-            runs.append(measure(target, servers[target.server], bodies[target.bodies], args.seconds, round_))
-            print(progress(runs[-1]), flush=True)
-    return runs, alone
+        shift = round_ % len(TARGETS)
+        for target in TARGETS[shift:] + TARGETS[:shift]:  # rotated: no target always goes first
+            runs.append(measure(target, servers[target.server], bodies[target.path], args, round_))
+            run = runs[-1]
+            print(
+                f"round {round_ + 1}: {target.label:<52} {run.per_cpu_second:5.0f} req/CPU-s "
+                f"{run.throughput:5.0f} req/s  p95 {run.p95_ms:6.1f} ms  errors {run.errors}",
+                flush=True,
+            )
+    return runs
 
 
 def benchmark(args: argparse.Namespace) -> Report:
@@ -636,25 +563,25 @@ def benchmark(args: argparse.Namespace) -> Report:
     workdir = REPORTS / "bench"  # servers' homes and logs, kept until the next run
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    bodies = write_bodies(workdir, texts)
-    plan = targets(args.connections, args.many)
-    settings = {"rounds": args.rounds, "seconds": args.seconds, "documents": len(texts)}
-    report = Report(machine=machine(), settings=settings)
-    receiver = Receiver.start([name for name, config in OUR_SERVERS.items() if config.traced])
+    bodies = {SINGLE: workdir / "single.jsonl", BATCHED: workdir / "batch.jsonl"}
+    bodies[SINGLE].write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
+    bodies[BATCHED].write_text("".join(json.dumps({"texts": [text]}) + "\n" for text in texts))
+    settings = {key: getattr(args, key) for key in ("rounds", "seconds", "connections")}
+    report = Report(machine=machine(), settings={**settings, "documents": len(texts)})
+    report.model_alone = model_alone(model, args.model_seconds)
+    receiver = Receiver.start(TRACED)
     try:
         servers = start_servers(model, workdir, receiver)
         try:
-            runs, alone = run_rounds(args, plan, servers, bodies, model)
+            runs = run_rounds(args, servers, bodies)
             time.sleep(EXPORT_DELAY)  # the last spans
-            receiver_cpu = cpu_seconds([psutil.Process(receiver.process.pid)])
         finally:
             stop_all(servers)
     finally:
         receiver.stop()
-    report.model_alone = summarise_model_alone(alone)
-    report.rows = [summarise(target, runs) for target in plan]
-    report.ratios = ratios(runs, args.many)
-    report.trace_export = trace_export(servers, receiver, receiver_cpu)
+    report.rows = [summarise(target, runs) for target in TARGETS]
+    report.ratios = ratios(runs)
+    report.spans = {name: (servers[name].requests, receiver.spans[name].value) for name in TRACED}
     report.runs = [asdict(run) for run in runs]
     report.machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     return report
@@ -664,23 +591,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seconds", type=int, default=4, help="length of each measured load run")
-    parser.add_argument("--warmup", type=int, default=3, help="seconds of load per configuration first")
-    parser.add_argument("--connections", type=int, default=16, help="concurrent connections of the main rows")
-    parser.add_argument("--many", type=int, default=64, help="connections of the many-clients rows")
-    parser.add_argument("--model-seconds", type=float, default=2, help="per kind of call, model alone")
-    parser.add_argument("--model-alone", type=Path, help=argparse.SUPPRESS)  # internal: one measurement
+    parser.add_argument("--warmup", type=int, default=3, help="seconds of load per target first")
+    parser.add_argument("--connections", type=int, default=16, help="concurrent connections")
+    parser.add_argument("--model-seconds", type=float, default=3, help="per kind of call, model alone")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.model_alone:
-        print(json.dumps(model_alone(args.model_alone, args.model_seconds)))
-        return 0
-    report = benchmark(args)
+    report = benchmark(parse_args(argv))
     text = markdown(report)
+    REPORTS.mkdir(exist_ok=True)
     (REPORTS / "benchmark.md").write_text(text)
     (REPORTS / "benchmark.json").write_text(json.dumps(asdict(report), indent=2))
     print(f"\n{text}\nwritten to {REPORTS / 'benchmark.md'} and benchmark.json")

@@ -130,12 +130,15 @@ def start_server(
     timeout: float = 90,
     config_overrides: dict | None = None,
     wrapper: Sequence[str] = (),
+    service: str = SERVICE,
+    working_dir: Path | None = None,
 ) -> Server:
     """Start the service with the shipped configuration (only OTLP endpoint and sampling rewritten).
 
     Each server gets its own BentoML home (BentoML wipes its metrics folder at start), sharing the
     trained models of `models_home`. `config_overrides` is merged into the BentoML configuration,
-    e.g. `{"services": {"metrics": {"enabled": False}}}`. `wrapper` goes before the command (valgrind).
+    e.g. `{"services": {"metrics": {"enabled": False}}}`. `wrapper` goes before the command;
+    `service` and `working_dir` serve another service definition (the benchmark's variants).
     """
     home = workdir / f"home-{free_port()}"
     home.mkdir(parents=True)
@@ -154,7 +157,9 @@ def start_server(
         **(env or {}),
     }
     bentoml = str(Path(sys.executable).with_name("bentoml"))
-    command = [*wrapper, bentoml, "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)]
+    command = [*wrapper, bentoml, "serve", service, "--host", "127.0.0.1", "--port", str(port)]
+    if working_dir:
+        command += ["--working-dir", str(working_dir.resolve())]
     if cri_log:  # as a container runtime would write it, for Promtail to tail
         process = subprocess.Popen(
             command,

@@ -3,8 +3,7 @@
 Records are formatted where they are logged (the request's trace context is there) and written to
 stdout by a QueueListener thread, so a slow or blocked stdout delays lines, never a request; past
 `QUEUE_SIZE` waiting lines new ones are dropped and counted. Records of a durable logger (feedback:
-ground truth that a response acknowledges) are written and flushed before the call returns, and a
-failed write raises.
+ground truth that a response acknowledges) are written before the call returns, or it raises.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ import json
 import logging
 import os
 import queue
+import select
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -25,6 +25,7 @@ from opentelemetry import trace
 from .metrics import DROPPED_LINES
 
 QUEUE_SIZE = 10_000
+DURABLE_WRITE_SECONDS = 5.0
 SERVICE_LOGGERS = "newsgroups_classifier"
 EXPORTER_LOGGERS = ("opentelemetry",)  # they complain on every failed export while a collector is down
 
@@ -71,33 +72,53 @@ class StdoutHandler(logging.Handler):
 
     A write to a pipe (a container's stdout) longer than PIPE_BUF bytes can be split, and another
     worker's line could land inside it: each write takes an advisory lock that the workers of one
-    instance share. With `raise_errors`, a failed write raises to the caller instead of being reported.
+    instance share. A `durable` handler raises to its caller when the line is not written within
+    `DURABLE_WRITE_SECONDS` (stdout blocked, or another worker blocked on it while holding the lock)
+    instead of reporting the error, so the caller does not acknowledge what was not written.
     """
 
-    def __init__(self, lock_path: Path, raise_errors: bool = False):
+    def __init__(self, lock_path: Path, durable: bool = False):
         super().__init__()
         self._lock_path = lock_path
         self._lock_fd: int | None = None  # opened on first use, in the worker
-        self._raise_errors = raise_errors
+        self._durable = durable
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.write(self.format(record) + "\n")
         except Exception:
-            if self._raise_errors:
+            if self._durable:
                 raise
             self.handleError(record)
 
     def write(self, text: str) -> None:
         data = memoryview(text.encode("utf-8", "replace"))
+        deadline = time.monotonic() + DURABLE_WRITE_SECONDS if self._durable else None
         if self._lock_fd is None:
             self._lock_fd = os.open(self._lock_path, os.O_CREAT | os.O_WRONLY, 0o600)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self._acquire(deadline)
         try:
             while data:
+                if deadline and not select.select([], [1], [], max(0.0, deadline - time.monotonic()))[1]:
+                    raise TimeoutError(f"stdout took no data for {DURABLE_WRITE_SECONDS:.0f} s")
                 data = data[os.write(1, data) :]
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _acquire(self, deadline: float | None) -> None:
+        if deadline is None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            return
+        while True:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"another worker held stdout for {DURABLE_WRITE_SECONDS:.0f} s"
+                    ) from None
+                time.sleep(0.01)
 
 
 class DroppingQueueHandler(QueueHandler):
@@ -166,7 +187,7 @@ def install_json_logging(
             logger.handlers = [queued]
             logger.propagate = logger is logging.root  # one line per record, not one per handler
     logging.getLogger(SERVICE_LOGGERS).setLevel(logging.INFO)
-    durable = StdoutHandler(lock_path, raise_errors=True)
+    durable = StdoutHandler(lock_path, durable=True)
     durable.setFormatter(formatter)
     durable.addFilter(trace_ids)
     for name in durable_loggers:

@@ -1,4 +1,4 @@
-"""How `make bench` judges a cost target against its run's noise floor (from the A/A control)."""
+"""How `make bench` judges a target against its run's noise floor (from the A/A control)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from benchmark import AA_CONTROL, Report, judge, median, noise_floor
 
 
 def control(rounds: list[float]) -> Report:
-    ratio = {"median": median(rounds), "rounds": rounds}
-    return Report(machine={}, settings={}, ratios={AA_CONTROL: {"per_cpu_second": ratio}})
+    return Report(machine={}, settings={}, ratios={AA_CONTROL: {"median": median(rounds), "rounds": rounds}})
 
 
 def test_noise_floor_is_the_standard_error_of_a_median_of_the_control_rounds():
@@ -34,4 +33,12 @@ def test_noise_floor_includes_the_control_medians_distance_from_one():
     ],
 )
 def test_a_cost_within_two_noise_floors_of_its_target_is_unresolved(cost, target, noise, verdict):
-    assert judge(cost, target, noise) is verdict
+    assert judge(cost, target, noise, at_least=False) is verdict
+
+
+@pytest.mark.parametrize(
+    ("ratio", "target", "noise", "verdict"),
+    [(1.67, 1.5, 0.05, True), (1.4, 1.5, 0.04, False), (0.95, 1.0, 0.06, None)],
+)
+def test_a_ratio_must_reach_its_target_by_two_noise_floors(ratio, target, noise, verdict):
+    assert judge(ratio, target, noise) is verdict

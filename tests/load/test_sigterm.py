@@ -70,7 +70,7 @@ def test_sigterm_lets_requests_in_flight_finish(models_home, docs, tmp_path):
     assert code == 0, f"exit status {code} after SIGTERM"
     left = [p.pid for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not left, f"processes of the service still running after it exited: {left}"
-    # Prediction events are written in bulk: the worker writes what is pending before it exits.
+    # Prediction events are queued for a writer thread: the worker writes what is queued before it exits.
     answered = {p["prediction_id"] for outcome in outcomes if outcome.ok for p in predictions_of(outcome)}
     events = [json.loads(line) for line in server.log_lines() if line.startswith('{"')]
     logged = {event["prediction_id"] for event in events if event.get("event") == "prediction"}

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -96,8 +99,48 @@ def test_a_durable_handler_raises_when_the_write_fails(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "write", broken)
     with pytest.raises(BrokenPipeError):
-        logs.StdoutHandler(tmp_path / "lock", raise_errors=True).handle(record())
+        logs.StdoutHandler(tmp_path / "lock", durable=True).handle(record())
     logs.StdoutHandler(tmp_path / "lock").handle(record())  # the queue's handler reports, never raises
+
+
+@contextmanager
+def full_stdout() -> Iterator[None]:
+    """fd 1 is a pipe nobody reads, already full (set inside the test: pytest re-points fd 1 between
+    a fixture's setup and the test)."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    try:
+        while True:
+            os.write(write_end, b"x" * 4096)
+    except BlockingIOError:
+        os.set_blocking(write_end, True)
+    saved = os.dup(1)
+    os.dup2(write_end, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        for fd in (saved, read_end, write_end):
+            os.close(fd)
+
+
+def test_a_durable_write_to_a_blocked_stdout_gives_up_in_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(logs, "DURABLE_WRITE_SECONDS", 0.3)
+    started = time.monotonic()
+    with full_stdout(), pytest.raises(TimeoutError, match="stdout took no data"):
+        logs.StdoutHandler(tmp_path / "lock", durable=True).handle(record())
+    assert time.monotonic() - started < 3
+
+
+def test_a_durable_write_waits_for_another_writer_in_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(logs, "DURABLE_WRITE_SECONDS", 0.3)
+    holder = os.open(tmp_path / "lock", os.O_CREAT | os.O_WRONLY)  # another worker, stuck mid-write
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(TimeoutError, match="another worker held stdout"):
+            logs.StdoutHandler(tmp_path / "lock", durable=True).handle(record())
+    finally:
+        os.close(holder)
 
 
 def test_rate_limit_lets_one_record_through_per_interval_and_counts_the_rest():

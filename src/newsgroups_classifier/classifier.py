@@ -1,0 +1,160 @@
+"""The classifier as the service runs it: the stored model, predictions with their telemetry, feedback.
+
+The BentoML service (service.py) is the HTTP API around it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+
+import bentoml
+import numpy as np
+from pydantic import BaseModel, model_validator
+
+from . import compat
+from .config import SHUTDOWN_FLUSH_SECONDS, Settings
+from .feedback import FeedbackError, PredictionIdSigner, SeenIds, signing_key
+from .logs import install_json_logging
+from .metrics import TELEMETRY_ERRORS, ServiceMetrics
+from .model import predict_proba, tokenize, vectorize
+from .prediction_telemetry import ERRORS_LOGGER, ModelCall, PredictionTelemetry
+from .tracing import StepTimer, flush_spans, use_bentoml_tracer_provider
+from .training import BASELINE_FILE
+
+FEEDBACK_LOGGER = "newsgroups_classifier.feedback"  # written before /feedback answers
+feedback_log = logging.getLogger(FEEDBACK_LOGGER)
+
+
+class BatchText(BaseModel):
+    """One text of /predict_batch: clients send a plain string. The guard adds the request's
+    traceparent, since one adaptive batch mixes the texts of many requests and each belongs to its own
+    trace; the API schema shows a string."""
+
+    text: str
+    traceparent: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def from_string(cls, value: object) -> object:
+        return {"text": value} if isinstance(value, str) else value
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema, handler) -> dict:
+        return {"type": "string", "minLength": 1}
+
+
+class Prediction(BaseModel):
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    model_version: str
+    prediction_id: str
+
+
+class FeedbackUnavailable(RuntimeError):
+    """Feedback that could not be recorded now (stdout or the duplicate check unavailable)."""
+
+
+def resolve_model(tag: str) -> bentoml.Model:
+    try:
+        return bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound as exc:
+        raise RuntimeError(
+            f"model {tag} is not in the BentoML model store ({compat.bentoml_home()}/models): "
+            "train one with `make train`, or set MODEL_TAG"
+        ) from exc
+
+
+class Classifier:
+    """Built once per worker, in the service's __init__ (after the worker has configured logging)."""
+
+    def __init__(self, stored: bentoml.Model, settings: Settings):
+        home = compat.bentoml_home()
+        self.log_writer = install_json_logging(
+            home / "stdout.lock", durable_loggers=[FEEDBACK_LOGGER], rate_limited=[ERRORS_LOGGER]
+        )
+        use_bentoml_tracer_provider()
+        self.settings = settings
+        self.version = stored.tag.version
+        self.pipeline = bentoml.sklearn.load_model(stored)
+        self.classes = [str(label) for label in self.pipeline.classes_]
+        baseline = json.loads(Path(stored.path_of(BASELINE_FILE)).read_text())
+        self.metrics = ServiceMetrics(stored.tag.name, self.version, self.classes, baseline)
+        self.telemetry = PredictionTelemetry(self.metrics, stored.tag.name, settings)
+        self.signer = PredictionIdSigner(
+            signing_key(settings.feedback_signing_key, home), settings.feedback_max_age_seconds
+        )
+        self.seen = SeenIds(home / "feedback-seen.sqlite", settings.feedback_max_age_seconds)
+
+    def predict(self, items: list[BatchText], endpoint: str) -> list[Prediction]:
+        """Run the model once over all items, each step timed for the traces, then record."""
+        timer = StepTimer()
+        try:
+            with timer.step("preprocess"):
+                tokens = [tokenize(item.text) for item in items]
+            with timer.step("vectorize"):
+                features, known = vectorize(self.pipeline, tokens)
+            with timer.step("predict"):
+                probabilities = predict_proba(self.pipeline, features)
+            with timer.step("postprocess"):
+                predictions = [self._prediction(row) for row in probabilities]
+        except Exception:
+            if self.settings.telemetry:
+                self.telemetry.failed(items, timer)
+            raise
+        if self.settings.telemetry:
+            self.telemetry.predicted(
+                endpoint, ModelCall(items, tokens, known, probabilities, predictions, timer)
+            )
+        return predictions
+
+    def feedback(self, prediction_id: str, label: str) -> bool:
+        """Record the true label of a prediction; whether the prediction was correct. Raises
+        FeedbackError (the client's mistake) or FeedbackUnavailable (nothing was kept: retry)."""
+        ref = self.signer.verify(prediction_id)
+        if label not in self.classes:
+            raise FeedbackError(
+                "unknown_label", f"label {label!r} is not one of {', '.join(self.classes)}", 422
+            )
+        fields = {
+            "prediction_id": prediction_id,
+            "model_version": ref.model_version,
+            "predicted_label": ref.label,
+            "true_label": label,
+            "correct": ref.label == label,
+        }
+        try:
+            with self.seen.claim(ref):
+                feedback_log.info("feedback", extra={"fields": fields})  # raises if not written
+        except (OSError, sqlite3.OperationalError) as error:
+            TELEMETRY_ERRORS.labels("feedback").inc()
+            raise FeedbackUnavailable(
+                f"feedback could not be recorded ({error}); nothing was kept"
+            ) from error
+        self.metrics.observe_feedback(ref.model_version, ref.label, label)
+        return fields["correct"]
+
+    def flush_telemetry(self) -> None:
+        """Write the queued log lines and export the pending spans (at shutdown: the worker then exits
+        without running atexit hooks), for a bounded time: a blocked stdout or a hung collector must
+        not hold the worker past its grace period."""
+        flushes = [threading.Thread(target=f, daemon=True) for f in (self.log_writer.stop, flush_spans)]
+        for flush in flushes:
+            flush.start()
+        for flush in flushes:
+            flush.join(SHUTDOWN_FLUSH_SECONDS)
+
+    def _prediction(self, row: np.ndarray) -> Prediction:
+        best = int(np.argmax(row))
+        label = self.classes[best]
+        return Prediction(
+            label=label,
+            confidence=round(float(row[best]), 6),
+            probabilities={c: round(float(p), 6) for c, p in zip(self.classes, row, strict=True)},
+            model_version=self.version,
+            prediction_id=self.signer.issue(self.version, label),
+        )
