@@ -119,9 +119,11 @@ CHART_prometheus := $(PROMETHEUS_COMMUNITY_REPO_NAME)/prometheus --version $(PRO
 CHART_opentelemetry-collector := $(OPEN_TELEMETRY_REPO_NAME)/opentelemetry-collector \
 	--version $(OPENTELEMETRY_COLLECTOR_CHART_VERSION)
 CHART_grafana := $(GRAFANA_COMMUNITY_REPO_NAME)/grafana --version $(GRAFANA_CHART_VERSION)
-# With LOG_AGENT=promtail the collector leaves the pods' logs to Promtail.
+# With LOG_AGENT=promtail the collector leaves the pods' logs to Promtail: no log files mounted, no logs
+# pipeline (its file_log receiver stays configured, unused), and it runs as the image's user, not root.
 SET_opentelemetry-collector := $(if $(filter promtail,$(LOG_AGENT)),--set presets.logsCollection.enabled=false \
-	--set config.receivers.filelog=null --set config.service.pipelines.logs=null)
+	--set config.service.pipelines.logs=null --set securityContext.runAsUser=10001 \
+	--set securityContext.runAsGroup=10001 --set securityContext.runAsNonRoot=true)
 # 32 random letters and digits, made by the shell running the recipe (never echoed).
 RANDOM_SECRET := $$(LC_ALL=C tr -dc A-Za-z0-9 </dev/urandom | head -c 32)
 
