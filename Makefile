@@ -65,7 +65,7 @@ validate: stack-bin deploy-tools ## Check manifests, Helm values, dashboards and
 stack-bin: ## Build Prometheus and the OpenTelemetry Collector from the Go module proxy (cached by version)
 	bash tests/e2e/stack/build.sh
 
-e2e: stack-bin ## End to end against the real collector and Prometheus (contract tests where Loki and Tempo answer)
+e2e: stack-bin deploy-tools ## End to end against the real collector and Prometheus (contract tests where Loki and Tempo answer)
 	$(PY) -m pytest tests/e2e
 
 loadtest: ## Locust, headless, against a local service, with pass/fail thresholds

@@ -30,6 +30,14 @@ def values(component: str) -> dict:
     return yaml.safe_load((HELM_CONFIG / component / "values.yaml").read_text())
 
 
+def loki_index_attributes() -> list[str]:
+    """The resource attributes Loki's OTLP endpoint indexes as labels (helm-config/loki/values.yaml)."""
+    otlp = values("loki")["loki"]["limits_config"]["otlp_config"]["resource_attributes"]
+    return [
+        a for rule in otlp["attributes_config"] if rule["action"] == "index_label" for a in rule["attributes"]
+    ]
+
+
 def binary(name: str) -> Path:
     path = Path(
         subprocess.run(
