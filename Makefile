@@ -61,10 +61,10 @@ format: ## Format the code with ruff
 validate: stack-bin deploy-tools ## Check manifests, Helm values, dashboards and alert rules offline
 	$(PY) -m pytest tests/deploy
 
-stack-bin: ## Build Prometheus, Loki, Promtail and MinIO from the Go module proxy (cached; Tempo: see tests/e2e/stack)
+stack-bin: ## Build Prometheus and the OpenTelemetry Collector from the Go module proxy (cached by version)
 	bash tests/e2e/stack/build.sh
 
-e2e: stack-bin ## End to end against the real Prometheus, Loki, Promtail and MinIO (an OTLP receiver stands in for Tempo)
+e2e: stack-bin deploy-tools ## End to end against the real collector and Prometheus (contract tests where Loki and Tempo answer)
 	$(PY) -m pytest tests/e2e
 
 loadtest: ## Locust, headless, against a local service, with pass/fail thresholds
@@ -97,20 +97,33 @@ DASHBOARDS_CONFIGMAP := newsgroups-dashboards
 GRAFANA_PORT ?= 3001
 PROMETHEUS_PORT ?= 9090
 # release -> chart, in install order: MinIO first (Loki and Tempo store in it), Grafana last. With another
-# S3 store (docs/deployment.md): `make cluster-up RELEASES="loki tempo promtail prometheus grafana"`.
-RELEASES ?= minio loki tempo promtail prometheus grafana
+# S3 store (docs/deployment.md): `make cluster-up RELEASES="loki tempo prometheus opentelemetry-collector grafana"`.
+# LOG_AGENT: which agent ships the pods' logs to Loki, the OpenTelemetry Collector (default) or Promtail;
+# the collector runs either way (traces, span metrics), with Promtail without its logs pipeline.
+LOG_AGENT ?= opentelemetry-collector
+ifeq ($(filter $(LOG_AGENT),opentelemetry-collector promtail),)
+$(error LOG_AGENT must be opentelemetry-collector or promtail, not '$(LOG_AGENT)')
+endif
+RELEASES ?= minio loki tempo prometheus opentelemetry-collector $(filter promtail,$(LOG_AGENT)) grafana
 CHART_minio := $(MINIO_REPO_NAME)/minio --version $(MINIO_CHART_VERSION)
 CHART_loki := $(GRAFANA_COMMUNITY_REPO_NAME)/loki --version $(LOKI_CHART_VERSION)
 CHART_tempo := $(GRAFANA_COMMUNITY_REPO_NAME)/tempo --version $(TEMPO_CHART_VERSION)
 CHART_promtail := $(GRAFANA_REPO_NAME)/promtail --version $(PROMTAIL_CHART_VERSION)
 CHART_prometheus := $(PROMETHEUS_COMMUNITY_REPO_NAME)/prometheus --version $(PROMETHEUS_CHART_VERSION)
+CHART_opentelemetry-collector := $(OPEN_TELEMETRY_REPO_NAME)/opentelemetry-collector \
+	--version $(OPENTELEMETRY_COLLECTOR_CHART_VERSION)
 CHART_grafana := $(GRAFANA_COMMUNITY_REPO_NAME)/grafana --version $(GRAFANA_CHART_VERSION)
+# With LOG_AGENT=promtail the collector leaves the pods' logs to Promtail: no log files mounted, no logs
+# pipeline (its file_log receiver stays configured, unused), and it runs as the image's user, not root.
+SET_opentelemetry-collector := $(if $(filter promtail,$(LOG_AGENT)),--set presets.logsCollection.enabled=false \
+	--set config.service.pipelines.logs=null --set securityContext.runAsUser=10001 \
+	--set securityContext.runAsGroup=10001 --set securityContext.runAsNonRoot=true)
 # 32 random letters and digits, made by the shell running the recipe (never echoed).
 RANDOM_SECRET := $$(LC_ALL=C tr -dc A-Za-z0-9 </dev/urandom | head -c 32)
 
 # $(call install,release): install or upgrade a release with its chart, version and values.
 install = $(HELM) upgrade --install $(1) $(CHART_$(1)) --namespace $(OBSERVABILITY_NAMESPACE) \
-	--values helm-config/$(1)/values.yaml --wait --timeout 10m
+	--values helm-config/$(1)/values.yaml $(SET_$(1)) --wait --timeout 10m
 
 # $(call ensure_secret,namespace,name,--from-literal=...): create the Secret unless it exists.
 define ensure_secret
@@ -123,7 +136,7 @@ build: ## Build the Bento (model included) and containerize it as IMAGE (default
 	$(BENTOML) build
 	$(BENTOML) containerize newsgroups-classifier:latest -t $(IMAGE)
 
-cluster-up: ## Namespaces, secrets, dashboards and every chart of the observability stack at its pinned version
+cluster-up: ## Namespaces, secrets, dashboards and every chart of the observability stack (LOG_AGENT=promtail: Promtail ships the logs)
 	$(KUBECTL) apply -f manifests/00-namespace.yaml
 	$(KUBECTL) create namespace $(OBSERVABILITY_NAMESPACE) --dry-run=client -o yaml | $(KUBECTL) apply -f -
 	$(call ensure_secret,$(OBSERVABILITY_NAMESPACE),minio-credentials,--from-literal=rootUser=minio-admin --from-literal=rootPassword=$(RANDOM_SECRET))
@@ -133,7 +146,9 @@ cluster-up: ## Namespaces, secrets, dashboards and every chart of the observabil
 	$(HELM) repo add --force-update $(GRAFANA_REPO_NAME) $(GRAFANA_REPO_URL)
 	$(HELM) repo add --force-update $(PROMETHEUS_COMMUNITY_REPO_NAME) $(PROMETHEUS_COMMUNITY_REPO_URL)
 	$(HELM) repo add --force-update $(MINIO_REPO_NAME) $(MINIO_REPO_URL)
-	$(HELM) repo update $(GRAFANA_COMMUNITY_REPO_NAME) $(GRAFANA_REPO_NAME) $(PROMETHEUS_COMMUNITY_REPO_NAME) $(MINIO_REPO_NAME)
+	$(HELM) repo add --force-update $(OPEN_TELEMETRY_REPO_NAME) $(OPEN_TELEMETRY_REPO_URL)
+	$(HELM) repo update $(GRAFANA_COMMUNITY_REPO_NAME) $(GRAFANA_REPO_NAME) $(PROMETHEUS_COMMUNITY_REPO_NAME) \
+		$(MINIO_REPO_NAME) $(OPEN_TELEMETRY_REPO_NAME)
 	$(MAKE) --no-print-directory dashboards
 	$(foreach release,$(RELEASES),$(call install,$(release)) && ) true
 	@echo "Grafana: make port-forward, then http://localhost:$(GRAFANA_PORT) as admin; the password:"

@@ -23,6 +23,8 @@ REAL_COMPONENT_FIXTURES = {
     "kube_score",
     "podsecurity",
     "helm",
+    "logql",
+    "otelcol",
     "stack",
     "cluster",
 }

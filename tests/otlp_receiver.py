@@ -1,13 +1,16 @@
-"""A real OTLP trace receiver for tests: gRPC and HTTP, decoded with the OTLP protobuf definitions."""
+"""A real OTLP receiver for tests: traces over gRPC and HTTP, logs over HTTP, decoded with the OTLP protobuf
+definitions."""
 
 from __future__ import annotations
 
+import gzip
 import threading
 from concurrent import futures
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
@@ -27,6 +30,17 @@ class ReceivedSpan:
     end_ns: int = 0
 
 
+@dataclass(frozen=True)
+class ReceivedLog:
+    body: str
+    trace_id: str
+    span_id: str
+    attributes: dict
+    resource: dict
+    severity_text: str = ""
+    time_ns: int = 0
+
+
 def _value(value: AnyValue):
     return getattr(value, value.WhichOneof("value")) if value.WhichOneof("value") else None
 
@@ -36,10 +50,13 @@ def _attributes(pairs) -> dict:
 
 
 class OtlpReceiver:
-    """Collects every span exported to it, over gRPC (`grpc_endpoint`) or HTTP (`http_endpoint`)."""
+    """Collects every span exported to it, over gRPC (`grpc_endpoint`) or HTTP (`http_endpoint`), and every
+    log record over HTTP (`<http_prefix>/v1/logs`; Loki's OTLP endpoint is `/otlp/v1/logs`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, http_prefix: str = "") -> None:
         self.spans: list[ReceivedSpan] = []
+        self.logs: list[ReceivedLog] = []
+        self.http_prefix = http_prefix
         self.requests = 0
         self._lock = threading.Lock()
         self._grpc: grpc.Server | None = None
@@ -78,6 +95,31 @@ class OtlpReceiver:
             self.requests += 1
             self.spans.extend(received)
 
+    def record_logs(self, request: logs_service_pb2.ExportLogsServiceRequest) -> None:
+        received = []
+        for resource_logs in request.resource_logs:
+            resource = _attributes(resource_logs.resource.attributes)
+            for scope_logs in resource_logs.scope_logs:
+                for log in scope_logs.log_records:
+                    received.append(
+                        ReceivedLog(
+                            body=str(_value(log.body)),
+                            trace_id=log.trace_id.hex(),
+                            span_id=log.span_id.hex(),
+                            attributes=_attributes(log.attributes),
+                            resource=resource,
+                            severity_text=log.severity_text,
+                            time_ns=log.time_unix_nano or log.observed_time_unix_nano,
+                        )
+                    )
+        with self._lock:
+            self.requests += 1
+            self.logs.extend(received)
+
+    def log_records(self) -> list[ReceivedLog]:
+        with self._lock:
+            return list(self.logs)
+
     def trace(self, trace_id: str) -> list[ReceivedSpan]:
         with self._lock:
             return [span for span in self.spans if span.trace_id == trace_id]
@@ -98,13 +140,23 @@ class OtlpReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 (http.server's name)
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if self.path != "/v1/traces" or self.headers.get("Content-Type") != "application/x-protobuf":
-                    self.send_error(404 if self.path != "/v1/traces" else 415)
+                if self.headers.get("Content-Encoding") == "gzip":  # the collector's default
+                    body = gzip.decompress(body)
+                services = {
+                    "/v1/traces": (trace_service_pb2.ExportTraceServiceRequest, receiver.record),
+                    f"{receiver.http_prefix}/v1/logs": (
+                        logs_service_pb2.ExportLogsServiceRequest,
+                        receiver.record_logs,
+                    ),
+                }
+                if self.path not in services or self.headers.get("Content-Type") != "application/x-protobuf":
+                    self.send_error(404 if self.path not in services else 415)
                     return
-                request = trace_service_pb2.ExportTraceServiceRequest()
+                kind, record = services[self.path]
+                request = kind()
                 request.ParseFromString(body)
-                receiver.record(request)
-                payload = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                record(request)
+                payload = b""  # an empty Export*ServiceResponse: everything accepted
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", str(len(payload)))

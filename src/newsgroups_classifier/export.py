@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-DEFAULT_SELECTOR = '{app="newsgroups-classifier"}'
+# The labels both log agents give the classifier's streams (helm-config/loki/values.yaml, otlp_config).
+DEFAULT_SELECTOR = '{namespace="newsgroups", container="newsgroups-classifier"}'
 EVENT_FILTER = '|~ `"event":"(prediction|feedback)"`'
 PAGE_LIMIT = 5000  # Loki's default max_entries_limit_per_query
 DURATION = re.compile(r"^(\d+)([smhd])$")

@@ -10,15 +10,61 @@ from pathlib import Path
 
 import pytest
 import requests
-from deploy_files import TEXTS, TRACEPARENT, Release, Traffic, cluster_releases, run
+from deploy_files import (
+    KNOWN_TRACE_ID,
+    LOG_AGENTS,
+    TEXTS,
+    TRACEPARENT,
+    Release,
+    Traffic,
+    cluster_releases,
+    run,
+)
 
-from helpers import built_tool, start_server
+from helpers import built_tool, poll_until, start_server
+
+
+def metrics_text(url: str) -> str:
+    """/metrics as Prometheus' text format (what a scrape gets that does not ask for OpenMetrics)."""
+    response = requests.get(f"{url}/metrics", timeout=30, headers={"Accept": "text/plain; version=0.0.4"})
+    response.raise_for_status()
+    return response.text
+
+
+def openmetrics_from_text(text: str, stamp: int) -> str:
+    """The text exposition as OpenMetrics for `promtool tsdb create-blocks-from openmetrics`: counter
+    families named without `_total`, a timestamp on every sample, and the closing `# EOF`."""
+    lines = []
+    for line in text.splitlines():
+        if line.startswith(("# HELP ", "# TYPE ")):
+            kind, name, rest = line[2:].split(" ", 2)
+            if kind == "TYPE" and rest == "counter" or kind == "HELP" and name.endswith("_total"):
+                name = name.removesuffix("_total")
+            line = f"# {kind} {name} {rest}"
+        elif line and not line.startswith("#"):
+            line = f"{line} {stamp}"
+        lines.append(line)
+    return "\n".join(lines) + "\n# EOF\n"
 
 
 @pytest.fixture(scope="session")
 def releases() -> dict[str, Release]:
-    found = cluster_releases()
-    assert set(found) == {"minio", "loki", "tempo", "promtail", "prometheus", "grafana"}, found
+    """Every release of the stack: the default's, and Promtail's (`make cluster-up LOG_AGENT=promtail`)."""
+    default = cluster_releases()
+    assert set(default) == {"minio", "loki", "tempo", "prometheus", "opentelemetry-collector", "grafana"}
+    with_promtail = cluster_releases(LOG_AGENT="promtail")
+    assert set(with_promtail) == set(default) | {"promtail"}
+    return {**default, "promtail": with_promtail["promtail"]}
+
+
+@pytest.fixture(scope="session")
+def renderings() -> dict[str, Release]:
+    """Every distinct rendering `make cluster-up` installs, by a name: both log agents' variants."""
+    found = {}
+    for agent in LOG_AGENTS:
+        for name, release in cluster_releases(LOG_AGENT=agent).items():
+            if release not in found.values():
+                found[name if name not in found else f"{name} (LOG_AGENT={agent})"] = release
     return found
 
 
@@ -56,13 +102,18 @@ def traffic(models_home, tmp_path_factory) -> Iterator[Traffic]:
         feedback = {"prediction_id": prediction["prediction_id"], "label": prediction["label"]}
         requests.post(f"{server.url}/feedback", json=feedback, timeout=30).raise_for_status()
         assert requests.post(f"{server.url}/predict", data="   ", timeout=30).status_code == 400
-        time.sleep(1.5)  # exemplars are flushed to the shared directory every 0.5 s
-        openmetrics = requests.get(
-            f"{server.url}/metrics",
+        # The prediction metrics are counted when the events are written, up to a flush later.
+        poll_until(
+            lambda: "newsgroups_predictions_total{" in (text := metrics_text(server.url)) and text,
             timeout=30,
-            headers={"Accept": "application/openmetrics-text; version=1.0.0"},
-        ).text
-        yield Traffic(openmetrics, server.log_lines(), prediction["model_version"])
+            what="the prediction metrics on /metrics",
+        )
+        poll_until(
+            lambda: sum(KNOWN_TRACE_ID in line for line in server.log_lines()) >= 2,
+            timeout=30,
+            what="the known request's log lines",
+        )
+        yield Traffic(metrics_text(server.url), server.log_lines(), prediction["model_version"])
     finally:
         server.stop()
 
@@ -71,18 +122,12 @@ def traffic(models_home, tmp_path_factory) -> Iterator[Traffic]:
 def stored_series(traffic, promtool, tmp_path_factory) -> list[dict[str, str]]:
     """The label sets of the service's series as Prometheus 3 stores them after a scrape.
 
-    The exposition goes through Prometheus' own OpenMetrics parser (promtool tsdb create-blocks-from), which
-    normalises histogram `le` values, then the stored series are dumped.
+    The exposition goes through Prometheus' own parser (promtool tsdb create-blocks-from), which normalises
+    histogram `le` values, then the stored series are dumped.
     """
     directory = tmp_path_factory.mktemp("tsdb")
-    stamp = int(time.time())
-    lines = []
-    for line in traffic.openmetrics.splitlines():
-        if line and not line.startswith("#"):
-            line = f"{line.split(' # ')[0]} {stamp}"  # the importer wants timestamps, and no exemplars
-        lines.append(line)
     source = directory / "metrics.om"
-    source.write_text("\n".join(lines) + "\n")
+    source.write_text(openmetrics_from_text(traffic.metrics, int(time.time())))
     blocks = directory / "blocks"
     created = run([promtool, "tsdb", "create-blocks-from", "openmetrics", source, blocks])
     assert created.returncode == 0, created.stderr

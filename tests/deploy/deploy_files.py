@@ -5,24 +5,41 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
-import subprocess
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import jsonschema
+import kubernetes_validate
 import yaml
+from referencing import Registry, Resource
 
-from helpers import REPO, SHARED
+from charts import (  # noqa: F401 (re-exported for the deployment checks)
+    KUBERNETES_VERSION,
+    LOG_AGENTS,
+    Release,
+    cluster_releases,
+    make_dry_run,
+    option,
+    render,
+    run,
+)
+from helpers import REPO, SHARED  # noqa: F401 (SHARED re-exported)
 
-# The Kubernetes version the manifests are checked against: API schemas and Pod Security policy version.
-KUBERNETES_VERSION = "1.35"
 MANIFESTS = REPO / "manifests"
 HELM_CONFIG = REPO / "helm-config"
 DASHBOARDS = REPO / "dashboards"
 # A W3C traceparent with the sampled flag: its trace id must show up in the logs and the exemplars.
 KNOWN_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{KNOWN_TRACE_ID}-00f067aa0ba902b7-01"
+
+
+SCHEMAS = (
+    Path(kubernetes_validate.__file__).parent
+    / "kubernetes-json-schema"
+    / f"v{KUBERNETES_VERSION}.0-local-strict"
+)
 
 
 def yaml_documents(path: Path) -> list[dict]:
@@ -52,72 +69,6 @@ def charts_env() -> dict[str, str]:
     return {key: value for key, sep, value in lines if sep and not key.startswith("#")}
 
 
-def make_dry_run(*targets: str, **variables: str) -> list[list[str]]:
-    """The commands `make -n TARGET...` would run, each split into words."""
-    args = ["make", "--no-print-directory", "-n", *targets, *(f"{k}={v}" for k, v in variables.items())]
-    out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, check=True).stdout
-    commands = []
-    for line in out.replace("\\\n", " ").splitlines():
-        words = shlex.split(line)
-        while "&&" in words:  # a chain of commands on one line
-            commands.append(words[: words.index("&&")])
-            words = words[words.index("&&") + 1 :]
-        commands.append(words)
-    return [words for words in commands if words]
-
-
-@dataclass(frozen=True)
-class Release:
-    """A Helm release as `make cluster-up` installs it."""
-
-    name: str
-    repo: str
-    chart: str
-    version: str
-    namespace: str
-    values_path: Path
-
-    @property
-    def values(self) -> dict:
-        return yaml.safe_load(self.values_path.read_text())
-
-    @property
-    def chart_dir(self) -> Path:
-        return SHARED / "charts" / self.chart / self.version
-
-    @property
-    def defaults(self) -> dict:
-        return yaml.safe_load((self.chart_dir / "values.yaml").read_text())
-
-    @property
-    def packaged_chart(self) -> Path:
-        """The pinned chart packaged with its dependencies: what `helm install` gets from the repository."""
-        return self.chart_dir / f"{self.chart}-{self.version}.tgz"
-
-    def service_host(self, service: str | None = None) -> str:
-        return f"{service or self.name}.{self.namespace}.svc.cluster.local"
-
-
-def option(words: list[str], name: str) -> str:
-    return words[words.index(name) + 1]
-
-
-def cluster_releases() -> dict[str, Release]:
-    releases = {}
-    for words in make_dry_run("cluster-up"):
-        if words[:3] == ["helm", "upgrade", "--install"]:
-            repo, chart = words[4].split("/")
-            releases[words[3]] = Release(
-                words[3],
-                repo,
-                chart,
-                option(words, "--version"),
-                option(words, "--namespace"),
-                REPO / option(words, "--values"),
-            )
-    return releases
-
-
 def dashboards() -> dict[str, dict]:
     return {path.name: json.loads(path.read_text()) for path in sorted(DASHBOARDS.glob("*.json"))}
 
@@ -143,35 +94,62 @@ def write_rule_files(directory: Path) -> list[Path]:
     return paths
 
 
-# --- tools -------------------------------------------------------------------------------------------
+# --- checks every Kubernetes object gets: API schemas, kube-score, Pod Security ------------------------
 
 
-def run(command: list, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(part) for part in command], capture_output=True, text=True, timeout=300, **kwargs
-    )
+@cache
+def schema_registry() -> Registry:
+    definitions = json.loads((SCHEMAS / "_definitions.json").read_text())
+    return Resource.from_contents(definitions) @ Registry()
 
 
-def render(release: Release, helm: Path, *extra: str) -> list[dict]:
-    """The objects `make cluster-up` installs for `release`: helm's rendering of the packaged chart
-    with the release's name, namespace and values (`extra`: more helm options, e.g. --api-versions)."""
-    rendered = run(
+def schema_errors(document: dict) -> list[str]:
+    """Every violation of the pinned Kubernetes version's OpenAPI schema; unknown fields are errors."""
+    group_version = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", document["apiVersion"])
+    path = SCHEMAS / f"{document['kind'].lower()}-{group_version}.json"
+    if not path.is_file():
+        return [
+            f"no schema for {document['apiVersion']} {document['kind']} in Kubernetes {KUBERNETES_VERSION}"
+        ]
+    validator = jsonschema.Draft202012Validator(json.loads(path.read_text()), registry=schema_registry())
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '.'}: {e.message}" for e in validator.iter_errors(document)
+    ]
+
+
+def is_builtin(document: dict) -> bool:
+    group = document["apiVersion"].rpartition("/")[0]
+    return "." not in group or group.endswith(".k8s.io")
+
+
+# Optional kube-score tests run on every object we ship, the manifests and the charts' renderings alike.
+KUBE_SCORE_OPTIONAL = [
+    "container-seccomp-profile",
+    "container-ports-check",
+    "container-memory-requests-equal-limits",
+]
+
+
+def kube_score_findings(kube_score: Path, files: list[Path], ignored: set[str]) -> list[str]:
+    """kube-score's findings (every line but OK and SKIPPED) on `files`, less the `ignored` tests."""
+    result = run(
         [
-            helm,
-            "template",
-            release.name,
-            release.packaged_chart,
-            "--namespace",
-            release.namespace,
-            "--values",
-            release.values_path,
-            "--kube-version",
-            KUBERNETES_VERSION,
-            *extra,
+            kube_score,
+            "score",
+            "--output-format",
+            "ci",
+            "--kubernetes-version",
+            f"v{KUBERNETES_VERSION}",
+            *(f"--ignore-test={test}" for test in sorted(ignored)),
+            *(f"--enable-optional-test={test}" for test in KUBE_SCORE_OPTIONAL),
+            *files,
         ]
     )
-    assert rendered.returncode == 0, f"helm template {release.name} failed:\n{rendered.stderr}"
-    return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+    assert result.stdout.strip(), result.stderr
+    return [line for line in result.stdout.splitlines() if not line.startswith(("[OK]", "[SKIPPED]"))]
+
+
+# --- tools -------------------------------------------------------------------------------------------
 
 
 # --- the running service -----------------------------------------------------------------------------
@@ -179,9 +157,9 @@ def render(release: Release, helm: Path, *extra: str) -> list[dict]:
 
 @dataclass(frozen=True)
 class Traffic:
-    """What the service exposed after a little traffic: /metrics in OpenMetrics, and its stdout lines."""
+    """What the service exposed after a little traffic: /metrics (text format) and its stdout lines."""
 
-    openmetrics: str
+    metrics: str
     log_lines: list[str]
     model_version: str
 
@@ -195,10 +173,10 @@ TEXTS = [
 ]
 
 
-def exposed_series(openmetrics: str) -> dict[str, set[frozenset]]:
+def exposed_series(exposition: str) -> dict[str, set[frozenset]]:
     """Sample name -> the label-name sets it is exposed with."""
     series: dict[str, set[frozenset]] = {}
-    for name, labels in re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*?)\})? ", openmetrics, re.M):
+    for name, labels in re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*?)\})? ", exposition, re.M):
         series.setdefault(name, set()).add(frozenset(re.findall(r'([a-zA-Z_]\w*)="', labels or "")))
     return series
 
@@ -206,6 +184,7 @@ def exposed_series(openmetrics: str) -> dict[str, set[frozenset]]:
 # Service names the charts give these releases: the release name (it contains the chart's name), and
 # `<release>-server` for the Prometheus server.
 SERVICES = {
+    "opentelemetry-collector": "opentelemetry-collector",
     "tempo": "tempo",
     "loki": "loki",
     "prometheus": "prometheus-server",
@@ -242,18 +221,43 @@ def datasources(releases) -> dict[str, dict]:
 
 
 def promtail_labels(releases) -> set[str]:
-    """Labels on Promtail's streams: the chart's relabelings plus our labels stage."""
+    """Labels on Promtail's streams: the chart's relabelings, `filename` (every file target has it), the
+    cri stage's `stream` and our labels stage, less what the labeldrop stage drops."""
     config = merged(releases["promtail"])["config"]
     snippets = config["snippets"]
+    stages = snippets["pipelineStages"]
     relabeled = set(re.findall(r"target_label: (\w+)", snippets["scrapeConfigs"]))
-    relabeled |= {rule["target_label"] for rule in snippets["common"]}
-    staged = {
+    if not snippets["addScrapeJobLabel"]:
+        relabeled.discard("scrape_job")  # the template adds it only if asked
+    relabeled |= {rule["target_label"] for rule in snippets["common"] + snippets["extraRelabelConfigs"]}
+    staged = {"filename"} | ({"stream"} if any("cri" in stage for stage in stages) else set())
+    staged |= {
         label
-        for stage in snippets["pipelineStages"]
+        for stage in stages
         for inner in stage.get("match", {}).get("stages", [])
         for label in inner.get("labels", {})
     }
-    return {label for label in relabeled | staged if not label.startswith("__")}
+    dropped = {label for stage in stages for label in stage.get("labeldrop", [])}
+    return {label for label in relabeled | staged if not label.startswith("__")} - dropped
+
+
+def loki_label(attribute: str) -> str:
+    """The label name Loki's OTLP endpoint gives a resource attribute (dots and dashes to underscores)."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", attribute)
+
+
+def otlp_index_attributes(releases) -> list[str]:
+    """The resource attributes Loki's OTLP endpoint turns into labels (only these: ignore_defaults)."""
+    otlp = merged(releases["loki"])["loki"]["limits_config"]["otlp_config"]["resource_attributes"]
+    assert otlp["ignore_defaults"] is True, "Loki's default OTLP labels would differ from Promtail's"
+    return [
+        a for rule in otlp["attributes_config"] if rule["action"] == "index_label" for a in rule["attributes"]
+    ]
+
+
+def collector_labels(releases) -> set[str]:
+    """Labels on the collector's OTLP streams, as Loki names them."""
+    return {loki_label(attribute) for attribute in otlp_index_attributes(releases)}
 
 
 def created_secrets() -> set[tuple[str, str, frozenset]]:

@@ -12,6 +12,8 @@ import yaml
 from deploy_files import (
     KNOWN_TRACE_ID,
     SERVICES,
+    cluster_releases,
+    collector_labels,
     created_secrets,
     dashboards,
     datasources,
@@ -19,6 +21,7 @@ from deploy_files import (
     host_port,
     make_dry_run,
     merged,
+    otlp_index_attributes,
     promtail_labels,
 )
 
@@ -30,21 +33,71 @@ def otlp_exporter() -> dict:
     return config["services"]["tracing"]["otlp"]
 
 
-def test_service_sends_otlp_to_a_tempo_receiver_listening_on_all_interfaces(releases):
-    tempo = merged(releases["tempo"])["tempo"]
+def collector() -> dict:
+    """The collector's configuration as its values give it (the chart merges it into its defaults)."""
+    return merged(cluster_releases()["opentelemetry-collector"])["config"]
+
+
+def test_service_sends_otlp_to_the_collector_service(releases):
     exporter = otlp_exporter()
-    receiver = tempo["receivers"]["otlp"]["protocols"][exporter["protocol"]]
+    values = merged(releases["opentelemetry-collector"])
+    receiver = values["config"]["receivers"]["otlp"]["protocols"][exporter["protocol"]]
+    port = values["ports"]["otlp" if exporter["protocol"] == "grpc" else "otlp-http"]
+    assert values["mode"] == "daemonset" and values["service"]["enabled"]
     assert host_port(exporter["endpoint"]) == (
-        releases["tempo"].service_host(),
-        host_port(receiver["endpoint"])[1],
+        releases["opentelemetry-collector"].service_host(SERVICES["opentelemetry-collector"]),
+        port["servicePort"],
     )
-    assert host_port(receiver["endpoint"])[0] == "0.0.0.0"
-    assert set(tempo["receivers"]) == {"otlp"}, "only OTLP receivers are wanted"
+    # The pod's own address (not localhost), on the container port the Service targets.
+    assert receiver["endpoint"] == f"${{env:MY_POD_IP}}:{port['containerPort']}"
+
+
+def test_the_collector_exports_to_tempo_loki_and_prometheus(releases):
+    config = collector()
+    tempo = merged(releases["tempo"])["tempo"]
+    tempo_receiver = tempo["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]
+    assert host_port(tempo_receiver)[0] == "0.0.0.0"  # all interfaces: reached from the collector pods
+    exporters = config["exporters"]
+    assert host_port(exporters["otlp_grpc/tempo"]["endpoint"]) == (
+        releases["tempo"].service_host(SERVICES["tempo"]),
+        host_port(tempo_receiver)[1],
+    )
+    loki = merged(releases["loki"])
+    assert loki["deploymentMode"] == "Monolithic" and not loki["gateway"]["enabled"]
+    endpoint = exporters["otlp_http/loki"]["endpoint"]
+    assert host_port(endpoint) == (
+        releases["loki"].service_host(SERVICES["loki"]),
+        loki["loki"]["server"]["http_listen_port"],
+    )
+    assert urlsplit(endpoint).path == "/otlp"  # Loki's native OTLP ingestion
+    prometheus = merged(releases["prometheus"])
+    metrics = exporters["otlp_http/prometheus"]["metrics_endpoint"]
+    assert host_port(metrics) == (
+        releases["prometheus"].service_host(SERVICES["prometheus"]),
+        prometheus["server"]["service"]["servicePort"],
+    )
+    assert urlsplit(metrics).path == "/api/v1/otlp/v1/metrics"
+    assert {"web.enable-otlp-receiver", "enable-feature=exemplar-storage"} <= set(
+        prometheus["server"]["extraFlags"]
+    )
+
+
+def test_span_metrics_come_from_the_collector_with_exemplars(releases):
+    config = collector()
+    pipelines = config["service"]["pipelines"]
+    assert "span_metrics" in pipelines["traces"]["exporters"]
+    assert pipelines["metrics"] == {
+        "receivers": ["span_metrics"],
+        "processors": ["memory_limiter", "batch"],
+        "exporters": ["otlp_http/prometheus"],
+    }
+    assert config["connectors"]["span_metrics"]["exemplars"]["enabled"] is True
+    # Only the collector exports to Prometheus: no scrape exporter (it drops exemplars), nothing else.
+    assert not [e for e in config["exporters"] if e.startswith("prometheus")]
 
 
 def test_promtail_pushes_to_the_loki_service(releases):
     loki = merged(releases["loki"])
-    assert loki["deploymentMode"] == "Monolithic" and not loki["gateway"]["enabled"]
     (client,) = merged(releases["promtail"])["config"]["clients"]
     expected = (releases["loki"].service_host(SERVICES["loki"]), loki["loki"]["server"]["http_listen_port"])
     assert host_port(client["url"]) == expected
@@ -112,14 +165,12 @@ def test_secrets_the_charts_read_are_created_by_cluster_up(releases):
     assert not merged(releases["minio"])["users"], "no default MinIO users with passwords from git"
 
 
-def test_tempo_remote_writes_to_prometheus_with_exemplars(releases):
+def test_tempo_makes_only_the_service_graph_and_remote_writes_it_to_prometheus(releases):
     tempo = merged(releases["tempo"])["tempo"]
     generator = tempo["metricsGenerator"]
     assert generator["enabled"]
-    assert set(tempo["overrides"]["defaults"]["metrics_generator"]["processors"]) == {
-        "service-graphs",
-        "span-metrics",
-    }
+    # Span metrics come from the collector: Tempo's span-metrics processor would count every span twice.
+    assert tempo["overrides"]["defaults"]["metrics_generator"]["processors"] == ["service-graphs"]
     (remote_write,) = generator["storage"]["remote_write"]
     prometheus = merged(releases["prometheus"])
     expected = (
@@ -129,9 +180,7 @@ def test_tempo_remote_writes_to_prometheus_with_exemplars(releases):
     assert (
         host_port(remote_write["url"]) == expected and urlsplit(remote_write["url"]).path == "/api/v1/write"
     )
-    assert remote_write["send_exemplars"] is True
-    flags = set(prometheus["server"]["extraFlags"])
-    assert {"web.enable-remote-write-receiver", "enable-feature=exemplar-storage"} <= flags
+    assert "web.enable-remote-write-receiver" in prometheus["server"]["extraFlags"]
 
 
 def test_prometheus_scrapes_the_pods_with_openmetrics_first(releases):
@@ -189,16 +238,21 @@ def test_grafana_variables_are_escaped_from_env_expansion(releases):
     assert "$__tags" not in text.replace("$$__tags", "")
 
 
-def test_prometheus_exemplar_link_uses_the_label_the_service_emits(releases, traffic):
+def test_prometheus_exemplars_link_to_tempo_by_the_span_metrics_label(releases):
+    """The span_metrics connector's exemplars carry the trace id; Prometheus names that label trace_id
+    (tests/e2e proves it on the stored exemplars)."""
     (destination,) = datasources(releases)["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
-    exemplar_labels = set(re.findall(r' # \{(\w+)="', traffic.openmetrics))
-    assert exemplar_labels == {destination["name"]}
-    assert f'{destination["name"]}="{KNOWN_TRACE_ID}"' in traffic.openmetrics
+    assert destination == {"name": "trace_id", "datasourceUid": "tempo", "urlDisplayLabel": "View trace"}
 
 
 def test_derived_field_finds_the_trace_id_in_every_service_log_line(releases, traffic):
-    (field,) = datasources(releases)["loki"]["jsonData"]["derivedFields"]
-    regex = re.compile(field["matcherRegex"])
+    by_label, in_line = datasources(releases)["loki"]["jsonData"]["derivedFields"]
+    # Both agents store the id as structured metadata named trace_id: Loki's OTLP endpoint from the
+    # record's TraceId, Promtail from its structured_metadata stage.
+    assert (by_label["matcherType"], by_label["matcherRegex"]) == ("label", "trace_id")
+    assert "trace_id" in promtail_structured_metadata(releases)
+    assert in_line["matcherType"] == "regex"
+    regex = re.compile(in_line["matcherRegex"])
     json_lines = [line for line in traffic.log_lines if line.startswith("{")]
     with_trace = [json.loads(line) for line in json_lines if '"trace_id"' in line]
     assert len(with_trace) >= 10, traffic.log_lines
@@ -214,13 +268,54 @@ def test_derived_field_finds_the_trace_id_in_every_service_log_line(releases, tr
     assert all(regex.search(line).group(1) == KNOWN_TRACE_ID for line in known)
 
 
-def test_traces_to_logs_query_uses_labels_promtail_sets(releases):
+def promtail_structured_metadata(releases) -> set[str]:
+    stages = merged(releases["promtail"])["config"]["snippets"]["pipelineStages"]
+    return {
+        key
+        for stage in stages
+        for inner in stage.get("match", {}).get("stages", [])
+        for key in inner.get("structured_metadata", {})
+    }
+
+
+def test_both_log_agents_give_loki_the_same_labels(releases):
+    assert promtail_labels(releases) == collector_labels(releases)
+    assert {"trace_id", "span_id"} <= promtail_structured_metadata(releases)
+    assert not {"trace_id", "span_id"} & collector_labels(releases)
+
+
+def operators() -> list[dict]:
+    return collector()["receivers"]["filelog"]["operators"]
+
+
+def test_the_collector_sets_every_attribute_loki_indexes(releases):
+    written = {
+        re.fullmatch(r'resource\["([^"]+)"\]', op["to"]).group(1)
+        for op in operators()
+        if op["type"] in ("copy", "move") and op["to"].startswith("resource[")
+    }
+    assert set(otlp_index_attributes(releases)) == written
+
+
+def test_both_agents_parse_only_the_classifier_lines(releases):
+    deployment = find_manifest("Deployment")
+    expected = {
+        "namespace": deployment["metadata"]["namespace"],
+        "container": deployment["spec"]["template"]["spec"]["containers"][0]["name"],
+    }
+    stages = merged(releases["promtail"])["config"]["snippets"]["pipelineStages"]
+    (match,) = [stage["match"] for stage in stages if "match" in stage]
+    assert dict(re.findall(r'(\w+)="([^"]+)"', match["selector"])) == expected
+    (parser,) = [op for op in operators() if op["type"] == "json_parser"]
+    assert dict(re.findall(r'resource\["(\w+)"\] == "([^"]+)"', parser["if"])) == expected
+
+
+def test_traces_to_logs_query_uses_labels_both_agents_set(releases):
     tempo = datasources(releases)["tempo"]["jsonData"]["tracesToLogsV2"]
-    labels = promtail_labels(releases)
-    assert {tag["value"] for tag in tempo["tags"]} <= labels
-    assert tempo["customQuery"] and "$${__trace.traceId}" in tempo["query"]
-    # the span attribute mapped to the namespace label is one the service sets on its resource
-    assert {tag["key"] for tag in tempo["tags"]} == {"k8s.namespace.name"}
+    assert {tag["value"] for tag in tempo["tags"]} <= promtail_labels(releases) & collector_labels(releases)
+    assert tempo["customQuery"] and '| trace_id = "$${__trace.traceId}"' in tempo["query"]
+    # the span attributes mapped to labels are ones the service sets on its resource (POD_NAMESPACE, POD_NAME)
+    assert {tag["key"] for tag in tempo["tags"]} == {"k8s.namespace.name", "k8s.pod.name"}
 
 
 def test_dashboards_are_provisioned_from_the_configmap_make_dashboards_writes(releases):
@@ -275,16 +370,9 @@ def test_promtail_labels_stay_low_cardinality(releases):
     match = stages[1]["match"]
     (json_stage,) = [s["json"] for s in match["stages"] if "json" in s]
     (labels,) = [s["labels"] for s in match["stages"] if "labels" in s]
-    (metadata,) = [s["structured_metadata"] for s in match["stages"] if "structured_metadata" in s]
     assert set(labels) <= {"level", "logger", "event", "model_version"}
-    assert "trace_id" not in promtail_labels(releases) and "trace_id" in metadata
-    assert set(labels) | set(metadata) <= set(json_stage["expressions"])
-    deployment = find_manifest("Deployment")
-    selector = dict(re.findall(r'(\w+)="([^"]+)"', match["selector"]))
-    assert selector == {
-        "namespace": deployment["metadata"]["namespace"],
-        "app": deployment["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"],
-    }
+    assert not {"trace_id", "span_id", "filename"} & promtail_labels(releases)
+    assert set(labels) | promtail_structured_metadata(releases) <= set(json_stage["expressions"])
 
 
 def loki_selectors(dashboard: dict) -> list[str]:
@@ -296,14 +384,14 @@ def loki_selectors(dashboard: dict) -> list[str]:
     ]
 
 
-def test_log_queries_select_streams_by_labels_promtail_sets(releases):
-    labels = promtail_labels(releases)
+def test_log_queries_select_streams_by_labels_both_agents_set(releases):
+    labels = promtail_labels(releases) & collector_labels(releases)
     queries = [query for board in dashboards().values() for query in loki_selectors(board)]
     assert queries
     for query in queries:
         selector = re.search(r"\{([^}]*)\}", query).group(1)
         used = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", selector))
-        assert used and used <= labels, f"{query}: {used - labels} are not Promtail labels"
+        assert used and used <= labels, f"{query}: {used - labels} are not labels of both agents"
 
 
 def test_port_forward_targets_the_service_ports(releases):

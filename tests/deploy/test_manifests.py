@@ -4,13 +4,11 @@ yamllint, and the Deployment against what the BentoML image and the service real
 from __future__ import annotations
 
 import copy
-import json
 import re
 from functools import cache
 from pathlib import Path
 
 import jsonschema
-import kubernetes_validate
 import pytest
 import yaml
 from bentoml._internal.container.generate import BENTO_UID_GID
@@ -21,48 +19,21 @@ from deploy_files import (
     SHARED,
     created_secrets,
     find_manifest,
+    is_builtin,
+    kube_score_findings,
     manifest_documents,
     manifest_files,
+    render,
     run,
+    schema_errors,
 )
-from referencing import Registry, Resource
 
 from newsgroups_classifier import config as service_config
 
-SCHEMAS = (
-    Path(kubernetes_validate.__file__).parent
-    / "kubernetes-json-schema"
-    / f"v{KUBERNETES_VERSION}.0-local-strict"
-)
 CRDS = SHARED / "crds"
 
 
 # --- Kubernetes API schemas ------------------------------------------------------------------------
-
-
-@cache
-def schema_registry() -> Registry:
-    definitions = json.loads((SCHEMAS / "_definitions.json").read_text())
-    return Resource.from_contents(definitions) @ Registry()
-
-
-def schema_errors(document: dict) -> list[str]:
-    """Every violation of the pinned Kubernetes version's OpenAPI schema; unknown fields are errors."""
-    group_version = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", document["apiVersion"])
-    path = SCHEMAS / f"{document['kind'].lower()}-{group_version}.json"
-    if not path.is_file():
-        return [
-            f"no schema for {document['apiVersion']} {document['kind']} in Kubernetes {KUBERNETES_VERSION}"
-        ]
-    validator = jsonschema.Draft202012Validator(json.loads(path.read_text()), registry=schema_registry())
-    return [
-        f"{'/'.join(map(str, e.absolute_path)) or '.'}: {e.message}" for e in validator.iter_errors(document)
-    ]
-
-
-def is_builtin(document: dict) -> bool:
-    group = document["apiVersion"].rpartition("/")[0]
-    return "." not in group or group.endswith(".k8s.io")
 
 
 def test_every_manifest_matches_the_kubernetes_schema():
@@ -218,28 +189,13 @@ KUBE_SCORE_IGNORED = {
     # against clashes with host users.
     "container-security-context-user-group-id",
 }
-KUBE_SCORE_OPTIONAL = [
-    "container-seccomp-profile",
-    "container-ports-check",
-    "container-memory-requests-equal-limits",
-]
 
 
 def test_kube_score_finds_nothing_unexplained(kube_score):
-    command = [
-        kube_score,
-        "score",
-        "--output-format",
-        "ci",
-        "--kubernetes-version",
-        f"v{KUBERNETES_VERSION}",
-        *(f"--ignore-test={test}" for test in sorted(KUBE_SCORE_IGNORED)),
-        *(f"--enable-optional-test={test}" for test in KUBE_SCORE_OPTIONAL),
-        *[p for p in manifest_files() if p.parent == MANIFESTS],
-    ]
-    result = run(command)
-    findings = [line for line in result.stdout.splitlines() if not line.startswith(("[OK]", "[SKIPPED]"))]
-    assert result.stdout.strip() and not findings, "\n".join(findings) or result.stderr
+    findings = kube_score_findings(
+        kube_score, [p for p in manifest_files() if p.parent == MANIFESTS], KUBE_SCORE_IGNORED
+    )
+    assert not findings, "\n".join(findings)
 
 
 def test_yamllint():
@@ -347,22 +303,30 @@ def test_every_resource_is_in_the_service_namespace():
             assert doc["metadata"]["namespace"] == namespace, f"{path.name} {doc['kind']}"
 
 
-def test_network_policy_lets_the_service_reach_tempo_and_dns(releases):
+def test_network_policy_lets_the_service_reach_the_collector_and_dns(releases, helm):
     policy = find_manifest("NetworkPolicy")["spec"]
     assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
-    tempo_port = int(
+    otlp_port = int(
         yaml.safe_load(find_manifest("ConfigMap", "newsgroups-classifier-bentoml")["data"]["bentoml.yaml"])[
             "services"
         ]["tracing"]["otlp"]["endpoint"].rsplit(":", 1)[1]
     )
+    collector = releases["opentelemetry-collector"]
+    (agent,) = [doc for doc in render(collector, helm) if doc["kind"] == "DaemonSet"]
+    pod_labels = agent["spec"]["template"]["metadata"]["labels"]
+    container_ports = {
+        port["containerPort"] for port in agent["spec"]["template"]["spec"]["containers"][0]["ports"]
+    }
     rules = {
         (peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], port["port"])
         for rule in policy["egress"]
         for peer in rule["to"]
         for port in rule["ports"]
     }
-    assert (releases["tempo"].namespace, tempo_port) in rules
+    assert (collector.namespace, otlp_port) in rules and otlp_port in container_ports
     assert ("kube-system", 53) in rules
+    (peer,) = [peer for rule in policy["egress"] for peer in rule["to"] if "podSelector" in peer]
+    assert peer["podSelector"]["matchLabels"].items() <= pod_labels.items()
 
 
 def test_bentoml_build_packages_the_service_the_image_runs():

@@ -4,10 +4,11 @@ release from the pinned chart version with its own values file."""
 from __future__ import annotations
 
 import copy
+import tarfile
 
 import pytest
 import yaml
-from deploy_files import Release, charts_env, cluster_releases
+from deploy_files import REPO, Release, charts_env, cluster_releases
 
 # Key paths below which a values file may hold keys the chart's values.yaml does not list, and why. Below a
 # default of {}, [] or null everything is free-form anyway; a Kubernetes `resources` map is always free-form.
@@ -34,11 +35,33 @@ FREE_FORM = {
     "prometheus": {},
     "promtail": {},
     "minio": {},
+    "opentelemetry-collector": {
+        ("config",): "the collector's own configuration, merged by the chart into its defaults",
+        ("service", "enabled"): "read by the chart's templates but only commented out in its values.yaml",
+    },
 }
 
 
+# Kubernetes objects a chart copies into its pods as they are.
+KUBERNETES_FIELDS = {"resources", "securityContext", "containerSecurityContext", "podSecurityContext"}
+
+
 def is_free_form(release: str, path: tuple[str, ...]) -> bool:
-    return path[-1] == "resources" or any(path[: len(prefix)] == prefix for prefix in FREE_FORM[release])
+    return path[-1] in KUBERNETES_FIELDS or any(
+        path[: len(prefix)] == prefix for prefix in FREE_FORM[release]
+    )
+
+
+def defaults_with_subcharts(release: Release) -> dict:
+    """The chart's defaults, with each subchart's own (from the packaged chart) under the subchart's key."""
+    defaults = release.defaults
+    with tarfile.open(release.packaged_chart) as archive:
+        for member in archive.getmembers():
+            parts = member.name.split("/")
+            if len(parts) == 4 and parts[1] == "charts" and parts[3] == "values.yaml":
+                subchart = yaml.safe_load(archive.extractfile(member).read()) or {}
+                defaults[parts[2]] = {**subchart, **(defaults.get(parts[2]) or {})}
+    return defaults
 
 
 def unknown_keys(release: str, values: dict, defaults: dict, path: tuple[str, ...] = ()) -> list[str]:
@@ -65,7 +88,7 @@ def unknown_keys(release: str, values: dict, defaults: dict, path: tuple[str, ..
 def test_every_values_key_exists_in_the_chart_defaults(releases, name):
     release = releases[name]
     assert release.chart_dir.is_dir(), f"no defaults for {release.chart} {release.version} in shared/charts"
-    problems = unknown_keys(name, release.values, release.defaults)
+    problems = unknown_keys(name, release.values, defaults_with_subcharts(release))
     assert not problems, "\n".join(problems)
 
 
@@ -75,7 +98,9 @@ def test_every_values_key_exists_in_the_chart_defaults(releases, name):
         ("loki", ("singleBinary", "replica")),
         ("tempo", ("tempo", "metricsGenerator", "enable")),
         ("minio", ("persistance",)),
+        ("prometheus", ("alertmanager", "replica")),
         ("grafana", ("datasource",)),
+        ("opentelemetry-collector", ("preset",)),
     ],
 )
 def test_a_mistyped_key_is_reported(releases, name, path):
@@ -84,7 +109,7 @@ def test_a_mistyped_key_is_reported(releases, name, path):
     for key in path[:-1]:
         node = node[key]
     node[path[-1]] = 1
-    assert unknown_keys(name, values, releases[name].defaults) == [
+    assert unknown_keys(name, values, defaults_with_subcharts(releases[name])) == [
         f"{'.'.join(path)}: not a key of the chart"
     ]
 
@@ -103,12 +128,13 @@ def test_free_form_exceptions_are_still_used(releases):
 
 
 CHART_VERSION_KEYS = {
-    "grafana": ("GRAFANA_CHART_VERSION", "GRAFANA_VERSION"),
-    "loki": ("LOKI_CHART_VERSION", "LOKI_VERSION"),
-    "tempo": ("TEMPO_CHART_VERSION", "TEMPO_VERSION"),
-    "promtail": ("PROMTAIL_CHART_VERSION", "PROMTAIL_VERSION"),
-    "prometheus": ("PROMETHEUS_CHART_VERSION", "PROMETHEUS_VERSION"),
-    "minio": ("MINIO_CHART_VERSION", "MINIO_VERSION"),
+    "grafana": "GRAFANA_CHART_VERSION",
+    "loki": "LOKI_CHART_VERSION",
+    "tempo": "TEMPO_CHART_VERSION",
+    "promtail": "PROMTAIL_CHART_VERSION",
+    "prometheus": "PROMETHEUS_CHART_VERSION",
+    "minio": "MINIO_CHART_VERSION",
+    "opentelemetry-collector": "OPENTELEMETRY_COLLECTOR_CHART_VERSION",
 }
 
 
@@ -116,14 +142,24 @@ CHART_VERSION_KEYS = {
 def test_cluster_up_installs_the_pinned_chart_with_its_values(releases, name):
     release: Release = releases[name]
     env = charts_env()
-    chart_key, app_key = CHART_VERSION_KEYS[name]
-    assert release.version == env[chart_key]
+    assert release.version == env[CHART_VERSION_KEYS[name]]
     assert release.values_path.relative_to(release.values_path.parents[1]).as_posix() == f"{name}/values.yaml"
     chart = yaml.safe_load((release.chart_dir / "Chart.yaml").read_text())
     assert (chart["name"], chart["version"]) == (release.chart, release.version)
-    assert chart["appVersion"].lstrip("v") == env[app_key]
     repos = {env[k]: k.removesuffix("_REPO_NAME") for k in env if k.endswith("_REPO_NAME")}
     assert release.repo in repos, f"{release.repo} is not a repository of charts.env"
+
+
+def test_prometheus_is_the_version_the_e2e_stack_builds(releases):
+    chart = yaml.safe_load((releases["prometheus"].chart_dir / "Chart.yaml").read_text())
+    assert chart["appVersion"].lstrip("v") == charts_env()["PROMETHEUS_VERSION"]
+
+
+def test_the_collector_image_is_pinned_to_the_release_the_e2e_stack_builds(releases):
+    image = releases["opentelemetry-collector"].values["image"]
+    builder = yaml.safe_load((REPO / "tests/e2e/stack/otelcol/builder.yaml").read_text())
+    assert image["tag"] == builder["dist"]["version"]
+    assert image["repository"].endswith("/opentelemetry-collector-k8s")
 
 
 def test_observability_stack_shares_one_namespace():

@@ -1,14 +1,18 @@
-"""The whole stack, started once for the end-to-end suite, and torn down by its last test."""
+"""The stack, started once for the end-to-end suite, and torn down by its last test: the real OpenTelemetry
+Collector and Prometheus, the service writing its stdout as a container log file, and real OTLP receivers
+at Loki's and Tempo's addresses (Loki and Tempo are AGPL-3.0: never run here)."""
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import stack as st
+from loki_contract import Entry, ingested
 
 from helpers import Server, free_port, start_server
 from newsgroups_classifier.data import load_split
@@ -22,67 +26,84 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.e2e)
 
 
+def loki_index_attributes() -> list[str]:
+    """The resource attributes Loki's OTLP endpoint indexes as labels (helm-config/loki/values.yaml)."""
+    loki = st.values("loki")["loki"]["limits_config"]["otlp_config"]["resource_attributes"]
+    return [
+        a for rule in loki["attributes_config"] if rule["action"] == "index_label" for a in rule["attributes"]
+    ]
+
+
 @dataclass
 class Stack:
-    minio: st.Program
-    loki: st.Program
-    traces: OtlpReceiver  # in Tempo's place: Tempo 2.10.8 cannot be built here (tests/e2e/stack/README.md)
-    prometheus: st.Program
-    promtail: st.Program
-    service: Server
-    s3: st.S3
-    buckets: list[str]
+    tempo: OtlpReceiver  # at Tempo's OTLP gRPC address: the collector's trace export (contract)
+    loki: OtlpReceiver  # at Loki's /otlp: the collector's log export (contract)
     workdir: Path
+    pod_logs: Path
+    collector: st.Program | None = None
+    prometheus: st.Program | None = None
+    service: Server | None = None
     started: list = field(default_factory=list)
     extra_services: list[Server] = field(default_factory=list)
 
+    def loki_entries(self) -> list[Entry]:
+        """What Loki would hold: every exported record, ingested as Loki's OTLP endpoint documents."""
+        index = st.loki_index_attributes()
+        return [ingested(record, index) for record in self.loki.log_records()]
+
+    def pod_log(self, pod: str) -> Path:
+        """A container log file where the kubelet puts it: <namespace>_<pod>_<uid>/<container>/0.log."""
+        path = self.pod_logs / f"{st.NAMESPACE}_{pod}_{uuid.uuid4()}" / st.APP / "0.log"
+        path.parent.mkdir(parents=True)
+        return path
+
+    def services(self) -> list[Server]:
+        return [s for s in (self.service, *self.extra_services) if s]
+
     def processes(self) -> list:
-        return [s.process for s in (self.service, *self.extra_services)] + [p.process for p in self.started]
+        return [s.process for s in self.services()] + [p.process for p in self.started]
 
     def stop(self) -> None:
-        for service in (self.service, *self.extra_services):
+        for service in self.services():
             service.stop()
         for program in reversed(self.started):
             program.stop()
-        self.traces.stop()
+        self.tempo.stop()
+        self.loki.stop()
 
 
 @pytest.fixture(scope="session")
-def stack(models_home, tmp_path_factory) -> Iterator[Stack]:
+def otelcol() -> Path:
+    """The collector tests/e2e/stack/build.sh builds (`make stack-bin`)."""
+    return st.binary("otelcol")
+
+
+@pytest.fixture(scope="session")
+def stack(models_home, helm, otelcol, tmp_path_factory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("stack")
-    started: list = []
-    service = traces = None
+    pod_logs = workdir / "pods"
+    pod_logs.mkdir()
+    tempo, loki = OtlpReceiver().start(), OtlpReceiver(http_prefix="/otlp").start()
+    running = Stack(tempo, loki, workdir, pod_logs)
     try:
-        minio, s3, buckets = st.minio(workdir)
-        started.append(minio.start())
-        st.create_buckets(s3, buckets)
-        loki = st.loki(workdir, s3)
-        started.append(loki.start(timeout=180))
-        traces = OtlpReceiver().start()
-        # The shipped ConfigMap's OTLP endpoint (Tempo's gRPC receiver), rewritten to loopback.
+        prometheus_port = free_port()
+        running.collector = st.collector(workdir, helm, pod_logs, tempo, loki, prometheus_port)
+        # First: the file_log receiver reads files that appear after its start from their beginning.
+        running.started.append(running.collector.start())
+        # The shipped ConfigMap's OTLP endpoint (the collector's Service), rewritten to loopback.
         endpoint = shipped_bentoml_config()["services"]["tracing"]["otlp"]["endpoint"]
-        pod_log = workdir / "pods" / f"{st.NAMESPACE}_{st.POD}" / st.APP / "0.log"
-        pod_log.parent.mkdir(parents=True)
-        service = start_server(
+        running.service = start_server(
             models_home,
             workdir,
-            otlp_endpoint=st.local(endpoint, traces.grpc_port),
-            cri_log=pod_log,
+            otlp_endpoint=st.local(endpoint, running.collector.ports["otlp_grpc"]),
+            cri_log=running.pod_log(st.POD),
             env={"POD_NAME": st.POD, "POD_NAMESPACE": st.NAMESPACE},  # the downward API in the cluster
         )
-        prometheus = st.prometheus(workdir, free_port(), service.port)
-        started.append(prometheus.start())
-        promtail = st.promtail(workdir, loki.port, workdir / "pods")
-        started.append(promtail.start())
+        running.prometheus = st.prometheus(workdir, prometheus_port, running.service.port)
+        running.started.append(running.prometheus.start())
     except BaseException:
-        if service:
-            service.stop()
-        if traces:
-            traces.stop()
-        for program in reversed(started):
-            program.stop()
+        running.stop()
         raise
-    running = Stack(minio, loki, traces, prometheus, promtail, service, s3, buckets, workdir, started)
     yield running
     running.stop()
     for process in running.processes():  # each in its own process group: children included

@@ -1,4 +1,10 @@
-"""The data loop against the real Loki: logged predictions and feedback become a labelled dataset."""
+"""The data loop: logged predictions and feedback become a labelled dataset (`make export-feedback`).
+
+The lines are the real service's, shipped by the real collector; Loki (AGPL-3.0) is never run, so these are
+contract tests: the export's Loki client reads them from a local HTTP server answering Loki's documented
+`query_range` API (paging included) from what the collector exported to Loki's OTLP address, ingested as
+Loki's OTLP endpoint documents it (loki_contract.py).
+"""
 
 from __future__ import annotations
 
@@ -11,22 +17,36 @@ from datetime import UTC, datetime
 import pytest
 import requests
 import stack as st
+from loki_contract import LokiQueryServer
 
 from helpers import model_dirs, poll_until, start_server
 
 
 @pytest.fixture(scope="module")
+def loki(stack):
+    """Loki's query API over everything the collector has exported to Loki's address so far."""
+    server = LokiQueryServer(stack.loki_entries).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
 def loop(stack, models_home, documents):
     """A second pod with text logging on (the documented setting for the loop), and its traffic."""
-    pod_log = stack.workdir / "pods" / f"{st.NAMESPACE}_{st.POD}-loop" / st.APP / "0.log"
-    pod_log.parent.mkdir(parents=True)
+    pod = f"{st.POD}-loop"
+    pod_log = stack.pod_log(pod)
     started = datetime.now(UTC)
     service = start_server(
         models_home,
         stack.workdir,
         sample_rate=0.0,
         cri_log=pod_log,
-        env={"LOG_TEXT": "prefix", "LOG_TEXT_CHARS": "100000"},
+        env={
+            "LOG_TEXT": "prefix",
+            "LOG_TEXT_CHARS": "100000",
+            "POD_NAME": pod,
+            "POD_NAMESPACE": st.NAMESPACE,
+        },
     )
     stack.extra_services.append(service)
     sent = []
@@ -41,38 +61,33 @@ def loop(stack, models_home, documents):
         body = {"prediction_id": record["prediction_id"], "label": truth}
         assert requests.post(f"{service.url}/feedback", json=body, timeout=10).status_code == 200
         labelled[record["prediction_id"]] = truth
-    selector = f'{{namespace="{st.NAMESPACE}", app="{st.APP}", event="feedback"}}'
-    ids = set(labelled)
 
-    def feedback_in_loki() -> bool:
-        now = time.time_ns()
-        response = requests.get(
-            f"{stack.loki.url}/loki/api/v1/query_range",
-            params={"query": selector, "start": now - 600 * 10**9, "end": now, "limit": 1000},
-            timeout=10,
-        )
-        lines = [line for stream in response.json()["data"]["result"] for _, line in stream["values"]]
-        return ids <= {json.loads(line)["prediction_id"] for line in lines}
+    def feedback_shipped() -> bool:
+        events = [e for e in stack.loki_entries() if e.labels.get("pod") == pod and e.labels.get("event")]
+        shipped = {json.loads(e.line)["prediction_id"] for e in events if e.labels["event"] == "feedback"}
+        return set(labelled) <= shipped
 
-    poll_until(feedback_in_loki, timeout=90, interval=2, what="the feedback events in Loki")
-    return {"since": started.isoformat(), "sent": sent, "labelled": labelled, "service": service}
+    poll_until(feedback_shipped, timeout=90, interval=1, what="the feedback events at Loki's address")
+    return {"since": started.isoformat(), "sent": sent, "labelled": labelled, "pod_log": pod_log}
 
 
-def export(stack, *args: str) -> subprocess.CompletedProcess:
+def export(loki, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "newsgroups_classifier.export", "--loki-url", stack.loki.url, *args],
+        [sys.executable, "-m", "newsgroups_classifier.export", "--loki-url", loki.url, *args],
         capture_output=True,
         text=True,
         timeout=120,
     )
 
 
-def test_export_holds_exactly_those_predictions_with_their_labels(stack, loop, tmp_path):
+def test_contract_export_holds_exactly_those_predictions_with_their_labels(loki, loop, tmp_path):
+    """Contract: paging through Loki's query_range (5 lines a page), the export gets every prediction of
+    the pod once, with its text, prediction and feedback."""
     output = tmp_path / "feedback.jsonl"
-    result = export(
-        stack, "--since", loop["since"], "--output", str(output), "--page-size", "5"
-    )  # forces paging
+    before = len(loki.queries)
+    result = export(loki, "--since", loop["since"], "--output", str(output), "--page-size", "5")
     assert result.returncode == 0, result.stderr
+    assert len(loki.queries) - before >= 4, "the export did not page"
     records = [json.loads(line) for line in output.read_text().splitlines()]
     sent = {record["prediction_id"]: record for record in loop["sent"]}
     assert sorted(r["prediction_id"] for r in records) == sorted(sent)
@@ -89,12 +104,25 @@ def test_export_holds_exactly_those_predictions_with_their_labels(stack, loop, t
     assert f"accuracy on the labelled share: {correct / 5:.4f}" in result.stdout
 
 
-def test_selection_for_labelling(stack, loop, tmp_path):
+def test_contract_the_export_selects_the_classifier_by_the_labels_both_agents_set(loki, loop, tmp_path):
+    """Contract: the default selector (namespace and container labels, the same with Promtail) is what the
+    export asks Loki for, and it finds the loop pod's events among every pod's lines."""
+    output = tmp_path / "all.jsonl"
+    assert export(loki, "--since", loop["since"], "--output", str(output)).returncode == 0
+    (query,) = {q["query"] for q in loki.queries[-1:]}
+    assert query.startswith('{namespace="newsgroups", container="newsgroups-classifier"}')
+    exported = {json.loads(line)["prediction_id"] for line in output.read_text().splitlines()}
+    assert {r["prediction_id"] for r in loop["sent"]} <= exported
+
+
+def test_contract_selection_for_labelling(loki, loop, tmp_path):
     output = tmp_path / "to-label.jsonl"
     result = export(
-        stack,
+        loki,
         "--since",
         loop["since"],
+        "--selector",
+        f'{{namespace="{st.NAMESPACE}", pod="{st.POD}-loop"}}',
         "--output",
         str(output),
         "--select-least-confident",
@@ -110,11 +138,15 @@ def test_selection_for_labelling(stack, loop, tmp_path):
     assert [r["selected_because"] for r in selected] == ["least_confident"] * 3 + ["random"] * 2
 
 
-def test_training_with_the_export_changes_the_model_and_reports_both_evaluations(
-    stack, loop, tmp_path, models_home, train
+def test_contract_training_with_the_export_changes_the_model_and_reports_both_evaluations(
+    loki, loop, tmp_path, models_home, train
 ):
     output = tmp_path / "feedback.jsonl"
-    assert export(stack, "--since", loop["since"], "--output", str(output)).returncode == 0
+    selector = f'{{namespace="{st.NAMESPACE}", pod="{st.POD}-loop"}}'
+    assert (
+        export(loki, "--since", loop["since"], "--selector", selector, "--output", str(output)).returncode
+        == 0
+    )
     result = train(tmp_path / "home", "--extra-data", str(output))
     assert "before extra data:" in result.stdout and "+5 labelled records" in result.stdout
     assert "test split:" in result.stdout
@@ -122,31 +154,34 @@ def test_training_with_the_export_changes_the_model_and_reports_both_evaluations
     assert new.name != old.name
 
 
-def test_bad_input_gives_a_clear_message_and_no_file(stack, loop, tmp_path):
+def test_contract_bad_input_gives_a_clear_message_and_no_file(loki, loop, tmp_path):
     output = tmp_path / "out.jsonl"
     cases = {
         "unreachable": (["--loki-url", "http://127.0.0.1:9", "--since", "1h"], "unreachable"),
         "reversed range": (["--since", "1h", "--until", "2h"], "is not before"),
         "unparsable time": (["--since", "yesterday"], "bad time"),
-        "empty result": (["--since", "1h", "--selector", '{app="no-such-app"}'], "no prediction events"),
+        "empty result": (
+            ["--since", "1h", "--selector", '{container="no-such-app"}'],
+            "no prediction events",
+        ),
     }
     for name, (args, message) in cases.items():
-        result = export(stack, *args, "--output", str(output))
+        result = export(loki, *args, "--output", str(output))
         assert result.returncode == 1, name
         assert message in result.stderr, (name, result.stderr)
         assert not output.exists() and not list(tmp_path.iterdir()), name
 
 
-def test_a_malformed_line_is_reported(stack, loop, tmp_path):
-    now = time.time_ns()
-    stream = {"namespace": st.NAMESPACE, "app": st.APP, "event": "prediction"}
-    push = {"streams": [{"stream": stream, "values": [[str(now), '{"event":"prediction", broken']]}]}
-    assert requests.post(f"{stack.loki.url}/loki/api/v1/push", json=push, timeout=10).status_code == 204
-    since = datetime.fromtimestamp(now / 1e9 - 1, UTC).isoformat()
+def test_contract_a_malformed_line_is_reported(stack, loki, loop, tmp_path):
+    """A broken line in the pod's log file, as a runtime writes it, shipped by the collector."""
+    since = datetime.fromtimestamp(time.time() - 1, UTC).isoformat()
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    with open(loop["pod_log"], "a") as log:
+        log.write(f'{stamp} stdout F {{"event":"prediction", broken\n')
 
     def exported(*extra: str) -> subprocess.CompletedProcess:
         return poll_until(
-            lambda: (r := export(stack, "--since", since, *extra)) and "malformed" in r.stderr and r,
+            lambda: (r := export(loki, "--since", since, *extra)) and "malformed" in r.stderr and r,
             timeout=30,
             interval=1,
             what="the malformed line to be read",

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build the real observability backends for the e2e stack from source, through
-# the Go module proxy, at the versions pinned in helm-config/charts.env (the
-# appVersions of the pinned Helm charts).
+# Build the real permissive backends of the e2e stack from source, through the
+# Go module proxy: Prometheus at the version pinned in helm-config/charts.env
+# (the appVersion of the pinned chart), and the OpenTelemetry Collector with the
+# components of otelcol/builder.yaml, at that file's release.
 #
 #   tests/e2e/stack/build.sh [COMPONENT...]        build what is missing (default: all)
 #   tests/e2e/stack/build.sh --print-dir COMPONENT print the component's bin directory
@@ -9,16 +10,17 @@
 #   tests/e2e/stack/build.sh --check [COMPONENT...] exit 0 if all those binaries exist
 #   tests/e2e/stack/build.sh --list                print "component binary path" lines
 #
-# Components and binaries: prometheus (prometheus, promtool), loki (loki),
-# promtail (promtail), minio (minio).
+# Components and binaries: prometheus (prometheus, promtool), otelcol (otelcol).
+# Loki, Promtail, Tempo, Grafana and MinIO are AGPL-3.0: never built or run here.
 #
 # Binaries go to a cache outside the clone, keyed by version:
 #   ${STACK_BIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/newsgroups-observability/stack-bin}/<component>-<version>/<binary>
+# (otelcol: otelcol-<version>-<hash of builder.yaml>, so a change of components rebuilds).
 # A binary that is already there is not rebuilt, so a second run is instant.
 # Each binary is linked to a temporary name and renamed into place, so an
 # interrupted build never leaves a partial binary behind.
 #
-# Each component is a tiny Go module in <component>/ (go.mod + go.sum, made by
+# Prometheus is a tiny Go module in prometheus/ (go.mod + go.sum, made by
 # gen-gomod.sh) that requires the upstream module at the pinned version and
 # repeats its remote replace/exclude lines and its full require list, so the
 # dependency versions are exactly the upstream release's. Builds use
@@ -36,9 +38,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../../.." && pwd)
 charts_env=$repo/helm-config/charts.env
-# Tempo 2.10.8 is not here: the Go module proxy this project can reach refuses every
-# github.com/grafana/tempo version but v1.5.0 (403), so it cannot be built (see README.md).
-ALL_COMPONENTS="prometheus loki promtail minio"
+ALL_COMPONENTS="prometheus otelcol"
 
 die() { echo "build.sh: $*" >&2; exit 1; }
 
@@ -76,36 +76,14 @@ component() {
 		ldflags="-X $p.Version=$v -X $p.Revision=$commit -X $p.Branch=HEAD"
 		ldflags+=" -X $p.BuildUser=newsgroups-observability-e2e"
 		;;
-	loki | promtail)
-		if [ "$c" = loki ]; then
-			v=$(cfg LOKI_VERSION) commit=$(cfg LOKI_COMMIT)
-			binaries="loki=github.com/grafana/loki/v3/cmd/loki"
-		else
-			# Promtail left the Loki repo in 3.7.0; 3.5.x still has it.
-			v=$(cfg PROMTAIL_VERSION) commit=$(cfg PROMTAIL_COMMIT)
-			binaries="promtail=github.com/grafana/loki/v3/clients/cmd/promtail"
-		fi
-		module=github.com/grafana/loki/v3
+	otelcol)
+		# The builder is released with the collector core: the same version builds it.
+		v=$(awk '$1 == "version:" { print $2; exit }' "$here/otelcol/builder.yaml")
+		[ -n "$v" ] || die "no dist.version in $here/otelcol/builder.yaml"
+		module=go.opentelemetry.io/collector/cmd/builder
+		binaries="otelcol=$module"
 		expect=v$v
-		tags=netgo # upstream Makefile GO_FLAGS (promtail's journal support needs cgo)
-		local p=github.com/grafana/loki/v3/pkg/util/build
-		ldflags="-X $p.Version=$v -X $p.Revision=${commit:0:10} -X $p.Branch=HEAD"
-		ldflags+=" -X $p.BuildUser=newsgroups-observability-e2e"
-		;;
-	minio)
-		v=$(cfg MINIO_VERSION) commit=$(cfg MINIO_COMMIT)
-		module=github.com/minio/minio
-		binaries="minio=$module"
-		# RELEASE.2024-12-18T13-15-44Z -> pseudo-version v0.0.0-20241218131544-<commit12>
-		local ts=${v#RELEASE.}
-		[[ $ts =~ ^([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2})-([0-9]{2})-([0-9]{2})Z$ ]] ||
-			die "MINIO_VERSION '$v' is not RELEASE.YYYY-MM-DDTHH-MM-SSZ"
-		local r=("${BASH_REMATCH[@]}")
-		expect="v0.0.0-${r[1]}${r[2]}${r[3]}${r[4]}${r[5]}${r[6]}-${commit:0:12}"
-		tags=kqueue # upstream Makefile
-		local p=github.com/minio/minio/cmd # as buildscripts/gen-ldflags.go
-		ldflags="-X $p.Version=${r[1]}-${r[2]}-${r[3]}T${r[4]}:${r[5]}:${r[6]}Z -X $p.CopyrightYear=${r[1]}"
-		ldflags+=" -X $p.ReleaseTag=$v -X $p.CommitID=$commit -X $p.ShortCommitID=${commit:0:12}"
+		v+=-$(grep -v "^#" "$here/otelcol/builder.yaml" | sha256sum | cut -c1-12) # comments aside
 		;;
 	*) die "unknown component '$c' (known: $ALL_COMPONENTS)" ;;
 	esac
@@ -167,6 +145,7 @@ esac
 
 # The component module must pin the module version that charts.env implies.
 pinned_module_version() { # -> $have
+	if [ "$c" = otelcol ]; then have=$expect; return; fi # builder.yaml pins its own modules
 	local gomod=$here/$c/go.mod
 	local b pk=""
 	for b in $binaries; do pk+=" ${b#*=}"; done
@@ -193,27 +172,8 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 now() { date +%s; }
-total_start=$(now)
-built_any=0
-for c in $components; do
-	component "$c"
-	missing=$(missing_binaries)
-	if [ -z "$missing" ]; then
-		echo "build.sh: $c $version: up to date ($dir)"
-		continue
-	fi
 
-	mkdir -p "$dir"
-	# One builder per component at a time; a second one waits, then finds it built.
-	exec {lock}>"$dir/.build.lock"
-	if command -v flock >/dev/null; then flock "$lock"; fi
-	missing=$(missing_binaries)
-	[ -n "$missing" ] || { echo "build.sh: $c $version: built by another run"; exec {lock}>&-; continue; }
-
-	pinned_module_version
-	rm -f "$dir"/.*.tmp.* # leftovers of an interrupted build
-	echo "build.sh: $c $version: building $missing ($module $have, go $(go env GOVERSION))"
-	start=$(now)
+build_module() { # go build each missing binary of a component module ($c in $here/$c)
 	pkgs=()
 	for b in $binaries; do [[ " $missing " == *" ${b%%=*} "* ]] && pkgs+=("${b#*=}"); done
 	# 1. fetch and verify the module sources (only the packages the build needs)
@@ -236,6 +196,53 @@ for c in $components; do
 		mv -f "$tmp" "$dir/$name"
 		trap - EXIT
 	done
+}
+
+build_otelcol() { # the builder at the collector's release generates the sources, then compiles them
+	local tmp
+	tmp=$(mktemp -d "$dir/.build.tmp.XXXXXX")
+	trap 'rm -rf "$tmp"' EXIT
+	if ! GOBIN=$tmp/bin "${nice[@]}" go install -trimpath "$module@$expect"; then
+		die "otelcol: FAILED to install $module@$expect (see the go error above)"
+	fi
+	cp "$here/otelcol/builder.yaml" "$tmp/"
+	fetched=$(now)
+	# GOFLAGS=-mod=mod: the generated module resolves its dependencies through the proxy.
+	if ! (cd "$tmp" && GOFLAGS=-mod=mod "${nice[@]}" bin/builder --config builder.yaml); then
+		die "otelcol: FAILED to build the collector from $here/otelcol/builder.yaml (see above)"
+	fi
+	chmod 0755 "$tmp/build/otelcol"
+	mv -f "$tmp/build/otelcol" "$dir/otelcol"
+	rm -rf "$tmp"
+	trap - EXIT
+}
+
+total_start=$(now)
+built_any=0
+for c in $components; do
+	component "$c"
+	missing=$(missing_binaries)
+	if [ -z "$missing" ]; then
+		echo "build.sh: $c $version: up to date ($dir)"
+		continue
+	fi
+
+	mkdir -p "$dir"
+	# One builder per component at a time; a second one waits, then finds it built.
+	exec {lock}>"$dir/.build.lock"
+	if command -v flock >/dev/null; then flock "$lock"; fi
+	missing=$(missing_binaries)
+	[ -n "$missing" ] || { echo "build.sh: $c $version: built by another run"; exec {lock}>&-; continue; }
+
+	pinned_module_version
+	rm -rf "$dir"/.*.tmp.* # leftovers of an interrupted build
+	echo "build.sh: $c $version: building $missing ($module $have, go $(go env GOVERSION))"
+	start=$(now)
+	if [ "$c" = otelcol ]; then
+		build_otelcol
+	else
+		build_module
+	fi
 	end=$(now)
 	exec {lock}>&-
 	built_any=1
