@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import bentoml
+from bentoml.validators import ContentType
 from starlette.responses import JSONResponse
 
 from .classifier import BatchText, Classifier, FeedbackUnavailable, Prediction, resolve_model
@@ -12,6 +15,7 @@ from .guard import RequestGuard
 from .metrics import count_rejection
 from .tracing import export_resource_attributes
 
+JSON = "application/json"
 settings = Settings()
 STORED_MODEL = resolve_model(settings.model_tag)
 export_resource_attributes(settings, STORED_MODEL.tag.version)  # before BentoML builds its tracer
@@ -32,8 +36,9 @@ class NewsgroupsClassifier:
     def predict(self, text: str) -> Prediction:
         return self.classifier.predict([BatchText(text=text)], "predict")[0]
 
+    # The content type said once: else BentoML derives it from the list's JSON schema per response.
     @bentoml.api(route="/predict_batch", batchable=True, max_batch_size=256, max_latency_ms=1000)
-    def predict_batch(self, texts: list[BatchText]) -> list[Prediction]:
+    def predict_batch(self, texts: list[BatchText]) -> Annotated[list[Prediction], ContentType(JSON)]:
         return self.classifier.predict(texts, "predict_batch")
 
     @bentoml.api(route="/feedback")

@@ -119,3 +119,18 @@ def test_a_missing_model_is_a_clear_startup_error(tmp_path):
     assert result.returncode != 0
     assert "newsgroups_classifier:latest is not in the BentoML model store" in result.stdout + result.stderr
     assert "make train" in result.stdout + result.stderr
+
+
+def test_the_api_schema_shows_what_clients_send_and_nothing_internal(service):
+    schema = requests.get(f"{service.url}/docs.json", timeout=10).json()
+    assert "traceparent" not in str(schema)  # added to each text by the guard, not by clients
+    body = schema["paths"]["/predict_batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    texts = body["properties"]["texts"]
+    item = texts["items"]
+    if "$ref" in item:
+        item = schema["components"]["schemas"][item["$ref"].rsplit("/", 1)[-1]]
+    assert body["required"] == ["texts"] and texts["type"] == "array" and item["type"] == "string"
+    # and the documented body is accepted as documented
+    response = requests.post(f"{service.url}/predict_batch", json={"texts": [HOCKEY, BASEBALL]}, timeout=10)
+    assert response.headers["content-type"] == "application/json"
+    assert [p["label"] for p in response.json()] == ["rec.sport.hockey", "rec.sport.baseball"]
