@@ -99,6 +99,8 @@ SERVICE_NAMESPACE := newsgroups
 # The image reference lives in manifests/deployment.yaml; `make build deploy IMAGE=...` overrides it.
 MANIFEST_IMAGE := $(shell awk '$$1 == "image:" {print $$2; exit}' manifests/deployment.yaml)
 IMAGE ?= $(MANIFEST_IMAGE)
+# Extra `bentoml containerize` options, e.g. another builder: CONTAINERIZE_OPTS="--backend buildah".
+CONTAINERIZE_OPTS ?=
 DASHBOARDS_CONFIGMAP := newsgroups-dashboards
 GRAFANA_PORT ?= 3001
 PROMETHEUS_PORT ?= 9090
@@ -127,7 +129,7 @@ endef
 build: ## Build the Bento (model included) and containerize it as IMAGE (default: manifests/deployment.yaml's)
 	@$(BENTOML) models get newsgroups_classifier:latest >/dev/null 2>&1 || $(MAKE) train
 	$(BENTOML) build
-	$(BENTOML) containerize newsgroups-classifier:latest -t $(IMAGE)
+	$(BENTOML) containerize newsgroups-classifier:latest -t $(IMAGE) $(CONTAINERIZE_OPTS)
 
 cluster-up: ## Namespaces, secrets, dashboards and every chart of the observability stack at its pinned version
 	$(KUBECTL) apply -f manifests/00-namespace.yaml
