@@ -9,7 +9,8 @@
 #   tests/cluster/images.sh                       make what is missing
 #   tests/cluster/images.sh --env                 print the environment `bentoml containerize --backend
 #                                                 buildah` builds with (see below)
-#   tests/cluster/images.sh --archive IMAGE FILE  write IMAGE as a docker archive (what `ctr import` reads)
+#   tests/cluster/images.sh --archive IMAGE FILE:NAME  write IMAGE as a docker archive named NAME (what
+#                                                 `ctr import` reads)
 #
 # The build environment: this storage; chroot isolation (no container runtime); layers cached, so an
 # unchanged `pip install` step is not run again; and the host's CA certificates mounted read-only over
@@ -58,9 +59,9 @@ fi
 isolated() { unshare --mount --propagation private "$@"; }
 
 if [ "${1:-}" = --archive ]; then
-	[ $# -eq 3 ] || { echo "usage: images.sh --archive IMAGE FILE" >&2; exit 1; }
-	rm -f "$3"
-	isolated buildah push --quiet "$2" "docker-archive:$3:$2" >/dev/null
+	[ $# -eq 3 ] || { echo "usage: images.sh --archive IMAGE FILE:NAME" >&2; exit 1; }
+	rm -f "${3%%:*}"
+	isolated buildah push --quiet "$2" "docker-archive:$3" >/dev/null
 	exit 0
 fi
 
