@@ -25,7 +25,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 include helm-config/charts.env
 
 .PHONY: help setup train serve test unit lint format validate stack-bin e2e loadtest bench bench-instructions bench-tools export-feedback \
-	build cluster-up deploy dashboards port-forward cluster-down clean
+	build cluster-up deploy dashboards port-forward cluster-down clean cluster-bin cluster-packages cluster-images cluster-test
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -45,7 +45,7 @@ serve: ## Serve on 127.0.0.1:3000 (PORT=... to change), training first if there 
 	BENTOML_CONFIG=$(BENTOML_HOME)/bentoml-local.yaml $(BENTOML) serve \
 		newsgroups_classifier.service:NewsgroupsClassifier --host 127.0.0.1 --port $(PORT)
 
-test: lint stack-bin deploy-tools ## Lint, validate the deployment files, run every test including the end-to-end suite
+test: lint stack-bin deploy-tools cluster-bin cluster-images ## Lint, validate the deployment files, run every test including the end-to-end and cluster tiers
 	$(PY) -m pytest
 
 unit: ## The in-process tests: no server, no built binary (about a minute, on a fresh machine)
@@ -64,6 +64,18 @@ validate: stack-bin deploy-tools ## Check manifests, Helm values, dashboards and
 
 stack-bin: ## Build Prometheus, Loki, Promtail and MinIO from the Go module proxy (cached; Tempo: see tests/e2e/stack)
 	bash tests/e2e/stack/build.sh
+
+cluster-bin: ## Build the cluster tier's Kubernetes v1.35.4 binaries, etcd and CoreDNS from the Go module proxy (cached)
+	bash tests/cluster/build.sh
+
+cluster-packages: ## Install the cluster tier's Debian packages at pinned versions (containerd, runc, CNI plugins, buildah, ...)
+	bash tests/cluster/packages.sh
+
+cluster-images: cluster-packages ## Make the base image `make build` builds on here, and the pause image, from Debian packages (cached)
+	bash tests/cluster/images.sh
+
+cluster-test: cluster-bin cluster-images deploy-tools ## A real single-node Kubernetes: `kubectl apply -f manifests/`, the `make build` image served, charts dry-run
+	$(PY) -m pytest tests/cluster
 
 e2e: stack-bin ## End to end against the real Prometheus, Loki, Promtail and MinIO (an OTLP receiver stands in for Tempo)
 	$(PY) -m pytest tests/e2e

@@ -4,25 +4,19 @@ the manifests applied as the README says."""
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-import yaml
 from images import image_archive, images_env
 from node import BINARIES, PAUSE_IMAGE, Cluster, cluster_binary, stop_on_sigterm
+from service_names import DEPLOYMENT, MANIFEST_IMAGE, NAMESPACE, SERVICE
 
-from helpers import REPO
+from helpers import REPO, poll_until
 
-MANIFEST_IMAGE = next(
-    container["image"]
-    for container in yaml.safe_load((REPO / "manifests" / "deployment.yaml").read_text())["spec"]["template"][
-        "spec"
-    ]["containers"]
-)
-NAMESPACE = "newsgroups"
-DEPLOYMENT = "deployment/newsgroups-classifier"
+# The releases `make cluster-up` installs and their rendering (tests/deploy/deploy_files.py), shared.
+sys.path.insert(0, str(REPO / "tests" / "deploy"))
 
 
 def pytest_collection_modifyitems(items):
@@ -34,7 +28,9 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory) -> Iterator[Cluster]:
     """The node, Ready, with CoreDNS answering; torn down (and checked) at the end of the session."""
-    packages = subprocess.run(["bash", REPO / "tests/cluster/packages.sh", "--check"], capture_output=True, text=True)
+    packages = subprocess.run(
+        ["bash", REPO / "tests/cluster/packages.sh", "--check"], capture_output=True, text=True
+    )
     assert packages.returncode == 0, f"{packages.stderr.strip()}: run `make cluster-packages`"
     binaries = {name: cluster_binary(name) for name in BINARIES}
     work = tmp_path_factory.mktemp("cluster")
@@ -50,7 +46,7 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
 
 @dataclass(frozen=True)
 class Deployed:
-    """What `kubectl apply -f manifests/` printed, and the pods of the rolled-out Deployment."""
+    """What `kubectl apply -f manifests/` printed, and the cluster it ran against."""
 
     applied: str
     cluster: Cluster
@@ -59,15 +55,25 @@ class Deployed:
 @pytest.fixture(scope="session")
 def service_image(cluster, models_home, tmp_path_factory) -> str:
     """`make build` (bentoml build + bentoml containerize, with buildah), imported into the node."""
+    build = [
+        "make",
+        "--no-print-directory",
+        "build",
+        f"BENTOML_HOME={models_home}",
+        "CONTAINERIZE_OPTS=--backend buildah --opt pull-never",
+    ]
     result = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "make", "--no-print-directory", "build",
-         f"BENTOML_HOME={models_home}", "CONTAINERIZE_OPTS=--backend buildah --opt pull-never"],
-        cwd=REPO, env=images_env(), capture_output=True, text=True, timeout=1200,
-    )  # fmt: skip
+        ["unshare", "--mount", "--propagation", "private", *build],
+        cwd=REPO,
+        env=images_env(),
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert result.returncode == 0, f"make build failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     # buildah names it localhost/<name>; a Docker engine (and the kubelet) say docker.io/library/<name>.
-    built = f"localhost/{MANIFEST_IMAGE}"
-    tar = image_archive(built, tmp_path_factory.mktemp("image") / "service.tar", f"docker.io/library/{MANIFEST_IMAGE}")
+    tar = tmp_path_factory.mktemp("image") / "service.tar"
+    image_archive(f"localhost/{MANIFEST_IMAGE}", tar, f"docker.io/library/{MANIFEST_IMAGE}")
     cluster.import_image(tar)
     tar.unlink()
     return MANIFEST_IMAGE
@@ -75,14 +81,24 @@ def service_image(cluster, models_home, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def deployed(cluster, service_image) -> Deployed:
-    """The manifests applied as docs/deployment.md says, the Secret first, and the rollout finished."""
-    cluster.kubectl("apply", "-f", REPO / "manifests" / "00-namespace.yaml")
-    cluster.kubectl("-n", NAMESPACE, "create", "secret", "generic", "newsgroups-classifier-feedback",
-                    "--from-literal=FEEDBACK_SIGNING_KEY=cluster-test-signing-key")  # fmt: skip
-    applied = cluster.kubectl("apply", "-f", REPO / "manifests").stdout
-    rollout = cluster.kubectl("-n", NAMESPACE, "rollout", "status", DEPLOYMENT, "--timeout=300s",
-                              check=False, timeout=330)  # fmt: skip
-    if rollout.returncode != 0:
-        described = cluster.kubectl("-n", NAMESPACE, "describe", "pods", check=False).stdout
-        raise AssertionError(f"the rollout failed:\n{rollout.stderr}\n{described[-6000:]}\n{cluster.logs(20)}")
+    """The manifests applied as docs/deployment.md says (the Secret first), rolled out, and scaled by the
+    HPA to its minReplicas, all Ready: where every test starts from."""
+    kubectl = cluster.kubectl
+    kubectl("apply", "-f", REPO / "manifests" / "00-namespace.yaml")
+    secret = ["create", "secret", "generic", "newsgroups-classifier-feedback"]
+    kubectl("-n", NAMESPACE, *secret, "--from-literal=FEEDBACK_SIGNING_KEY=cluster-test-signing-key")
+    applied = kubectl("apply", "-f", REPO / "manifests").stdout
+    min_replicas = kubectl(
+        "-n", NAMESPACE, "get", "hpa", SERVICE, "-o", "jsonpath={.spec.minReplicas}"
+    ).stdout
+
+    def all_ready() -> bool:
+        ready = kubectl("-n", NAMESPACE, "get", DEPLOYMENT, "-o", "jsonpath={.status.readyReplicas}").stdout
+        return ready == min_replicas
+
+    try:
+        poll_until(all_ready, timeout=300, interval=1, what=f"{min_replicas} ready replicas")
+    except AssertionError as exc:
+        described = kubectl("-n", NAMESPACE, "describe", "pods", check=False).stdout
+        raise AssertionError(f"{exc}\n{described[-6000:]}\n{cluster.logs(20)}") from None
     return Deployed(applied, cluster)

@@ -1,12 +1,12 @@
 """A real single-node Kubernetes in a network and a mount namespace of its own, for the cluster tier.
 
 The namespaces belong to one holder process (`unshare --net --mount`); every component joins them with
-`nsenter`. Inside: lo and a veth pair holding the node IP, with a blackhole default route (no packet
-leaves), and /var/log bind-mounted from the work directory (the pods' log files, read by the tests as
-the log agents would read them), /var/lib and /run of its own. The kubelet's cgroups are nested under the test's own. Everything the
-node writes is in the work directory. `stop()` ends every process, restores the sysctls the kubelet
-changes, removes the cgroups, and checks that no process, mount, cgroup, iptables rule or sysctl change
-is left on the host.
+`nsenter`. Inside: lo and a veth pair holding the node IP, with a default route to that link where
+nothing answers (no packet leaves); /run, /var/lib and /var/log of the node's own, the last two
+bind-mounted from the work directory (the pods' log files are read there, as log agents read them).
+The kubelet's cgroups are nested under the test's own. `stop()` ends every process, restores the
+sysctls the kubelet changes, removes the cgroups, and checks that no process, mount, cgroup, iptables
+rule or sysctl change is left on the host.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,13 +208,44 @@ def make_pki(pki: Path) -> None:
     key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     env = {**os.environ, "SAN": "DNS:ca"}
     ca = ["-CA", str(pki / "ca.crt"), "-CAkey", str(pki / "ca.key")]
-    openssl("req", "-x509", *key, "-config", str(config), "-extensions", "ca", "-days", "2",
-            "-subj", "/CN=newsgroups-cluster-ca", "-keyout", str(pki / "ca.key"), "-out", str(pki / "ca.crt"),
-            env=env)  # fmt: skip
+    openssl(
+        "req",
+        "-x509",
+        *key,
+        "-config",
+        str(config),
+        "-extensions",
+        "ca",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=newsgroups-cluster-ca",
+        "-keyout",
+        str(pki / "ca.key"),
+        "-out",
+        str(pki / "ca.crt"),
+        env=env,
+    )
     for name, (subject, sans) in CERTIFICATES.items():
-        openssl("req", "-x509", *key, *ca, "-config", str(config), "-extensions", "leaf", "-days", "2",
-                "-subj", subject, "-keyout", str(pki / f"{name}.key"), "-out", str(pki / f"{name}.crt"),
-                env={**env, "SAN": sans})  # fmt: skip
+        openssl(
+            "req",
+            "-x509",
+            *key,
+            *ca,
+            "-config",
+            str(config),
+            "-extensions",
+            "leaf",
+            "-days",
+            "2",
+            "-subj",
+            subject,
+            "-keyout",
+            str(pki / f"{name}.key"),
+            "-out",
+            str(pki / f"{name}.crt"),
+            env={**env, "SAN": sans},
+        )
     openssl("genpkey", "-algorithm", "RSA", "-out", str(pki / "service-account.key"))
     openssl(
         "pkey", "-in", str(pki / "service-account.key"), "-pubout", "-out", str(pki / "service-account.pub")
@@ -414,8 +444,20 @@ class Cluster:
         """`helm upgrade --install` of a deploy_files.Release from its packaged chart with our values,
         then each test-only values overlay (image names, pull policy, storage)."""
         values = [arg for path in (release.values_path, *overlays) for arg in ("--values", path)]
-        self.helm(helm, "upgrade", "--install", release.name, release.packaged_chart, "--namespace",
-                  release.namespace, "--create-namespace", *values, "--wait", "--timeout", timeout)  # fmt: skip
+        self.helm(
+            helm,
+            "upgrade",
+            "--install",
+            release.name,
+            release.packaged_chart,
+            "--namespace",
+            release.namespace,
+            "--create-namespace",
+            *values,
+            "--wait",
+            "--timeout",
+            timeout,
+        )
 
     def logs(self, lines: int = 40) -> str:
         return "\n".join(f"--- {c.name} ({c.log}) ---\n{tail(c.log, lines)}" for c in self.components)
@@ -432,8 +474,11 @@ class Cluster:
             ["unshare", "--net", "--mount", "--propagation", "private", "sleep", "infinity"],
             start_new_session=True,
         )
-        poll_until(lambda: namespace_of(self.holder.pid, "net") != namespace_of(os.getpid(), "net"),
-                   timeout=10, what="the node's namespaces")  # fmt: skip
+        poll_until(
+            lambda: namespace_of(self.holder.pid, "net") != namespace_of(os.getpid(), "net"),
+            timeout=10,
+            what="the node's namespaces",
+        )
         self.namespaces = {kind: namespace_of(self.holder.pid, kind) for kind in ("net", "mnt")}
         self.setup_namespaces()
         self.cgroup_root, self.cgroup_dirs = nested_cgroup_root(f"newsgroups-cluster-{os.getpid()}")
@@ -458,8 +503,9 @@ class Cluster:
             f"ip addr add {NODE_IP}/24 dev node0",
             "ip link set node0 up",
             "ip link set node0-peer up",
-            # A default route for the components that look for one; nothing it routes goes anywhere.
-            "ip route add blackhole default",
+            # A default route (a connection to a Service's address is routed before it is rewritten):
+            # nothing answers on node0's link, so no packet it routes goes anywhere.
+            "ip route add default dev node0",
             # The node's /run (containerd's state and shim sockets), /var/lib (containerd's images, the
             # kubelet's pods, CNI's leases) and /var/log (the pods' logs) are its own, in the work directory.
             "mount -t tmpfs -o mode=0755 tmpfs /run",
@@ -473,9 +519,12 @@ class Cluster:
         log = self.work / "logs" / f"{name}.log"
         with open(log, "ab") as out:
             process = subprocess.Popen(
-                [*self.enter(), *map(str, command)], stdout=out, stderr=subprocess.STDOUT, cwd=self.work,
+                [*self.enter(), *map(str, command)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.work,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         component = Component(name, process, log)
         self.components.append(component)
         return component
@@ -494,38 +543,75 @@ class Cluster:
 
     def start_control_plane(self) -> None:
         pki, bins = self.work / "pki", self.binaries
-        self.run("etcd", bins["etcd"], "--name", NODE_NAME, "--data-dir", self.work / "etcd",
-                 "--listen-client-urls", "http://127.0.0.1:2379", "--advertise-client-urls", "http://127.0.0.1:2379",
-                 "--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-                 "--initial-cluster", f"{NODE_NAME}=http://127.0.0.1:2380", "--unsafe-no-fsync")  # fmt: skip
-        self.run("kube-apiserver", bins["kube-apiserver"],
-                 "--etcd-servers=http://127.0.0.1:2379", f"--advertise-address={NODE_IP}", "--bind-address=0.0.0.0",
-                 "--secure-port=6443", f"--service-cluster-ip-range={SERVICE_CIDR}",
-                 f"--client-ca-file={pki}/ca.crt", f"--tls-cert-file={pki}/apiserver.crt",
-                 f"--tls-private-key-file={pki}/apiserver.key",
-                 f"--kubelet-client-certificate={pki}/apiserver-kubelet-client.crt",
-                 f"--kubelet-client-key={pki}/apiserver-kubelet-client.key",
-                 "--kubelet-preferred-address-types=InternalIP",
-                 f"--service-account-issuer=https://kubernetes.default.svc.{CLUSTER_DOMAIN}",
-                 f"--service-account-key-file={pki}/service-account.pub",
-                 f"--service-account-signing-key-file={pki}/service-account.key",
-                 "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
-                 # Privileged pods are allowed by the server, so Pod Security admission is what refuses them.
-                 "--allow-privileged=true", "--profiling=false")  # fmt: skip
+        self.run(
+            "etcd",
+            bins["etcd"],
+            "--name",
+            NODE_NAME,
+            "--data-dir",
+            self.work / "etcd",
+            "--listen-client-urls",
+            "http://127.0.0.1:2379",
+            "--advertise-client-urls",
+            "http://127.0.0.1:2379",
+            "--listen-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-cluster",
+            f"{NODE_NAME}=http://127.0.0.1:2380",
+            "--unsafe-no-fsync",
+        )
+        self.run(
+            "kube-apiserver",
+            bins["kube-apiserver"],
+            "--etcd-servers=http://127.0.0.1:2379",
+            f"--advertise-address={NODE_IP}",
+            "--bind-address=0.0.0.0",
+            "--secure-port=6443",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--client-ca-file={pki}/ca.crt",
+            f"--tls-cert-file={pki}/apiserver.crt",
+            f"--tls-private-key-file={pki}/apiserver.key",
+            f"--kubelet-client-certificate={pki}/apiserver-kubelet-client.crt",
+            f"--kubelet-client-key={pki}/apiserver-kubelet-client.key",
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--service-account-issuer=https://kubernetes.default.svc.{CLUSTER_DOMAIN}",
+            f"--service-account-key-file={pki}/service-account.pub",
+            f"--service-account-signing-key-file={pki}/service-account.key",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            # Privileged pods are allowed by the server, so Pod Security admission is what refuses them.
+            "--allow-privileged=true",
+            "--profiling=false",
+        )
         self.wait_for(
             lambda: self.kubectl("get", "--raw", "/readyz", check=False).stdout == "ok", "the API server"
         )
-        self.run("kube-controller-manager", bins["kube-controller-manager"],
-                 f"--kubeconfig={self.work}/controller-manager.kubeconfig",
-                 f"--authentication-kubeconfig={self.work}/controller-manager.kubeconfig",
-                 f"--authorization-kubeconfig={self.work}/controller-manager.kubeconfig",
-                 f"--service-account-private-key-file={pki}/service-account.key", f"--root-ca-file={pki}/ca.crt",
-                 "--use-service-account-credentials=true", "--leader-elect=false", "--bind-address=127.0.0.1",
-                 f"--service-cluster-ip-range={SERVICE_CIDR}", "--profiling=false")  # fmt: skip
-        self.run("kube-scheduler", bins["kube-scheduler"], f"--kubeconfig={self.work}/scheduler.kubeconfig",
-                 f"--authentication-kubeconfig={self.work}/scheduler.kubeconfig",
-                 f"--authorization-kubeconfig={self.work}/scheduler.kubeconfig",
-                 "--leader-elect=false", "--bind-address=127.0.0.1", "--profiling=false")  # fmt: skip
+        self.run(
+            "kube-controller-manager",
+            bins["kube-controller-manager"],
+            f"--kubeconfig={self.work}/controller-manager.kubeconfig",
+            f"--authentication-kubeconfig={self.work}/controller-manager.kubeconfig",
+            f"--authorization-kubeconfig={self.work}/controller-manager.kubeconfig",
+            f"--service-account-private-key-file={pki}/service-account.key",
+            f"--root-ca-file={pki}/ca.crt",
+            "--use-service-account-credentials=true",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--profiling=false",
+        )
+        self.run(
+            "kube-scheduler",
+            bins["kube-scheduler"],
+            f"--kubeconfig={self.work}/scheduler.kubeconfig",
+            f"--authentication-kubeconfig={self.work}/scheduler.kubeconfig",
+            f"--authorization-kubeconfig={self.work}/scheduler.kubeconfig",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            "--profiling=false",
+        )
 
     def start_node(self) -> None:
         bins = self.binaries
@@ -534,21 +620,40 @@ class Cluster:
         self.wait_for(socket.exists, "containerd's socket")
         self.import_image(self.pause_archive)
         (self.work / "kubelet.yaml").write_text(yaml.safe_dump(kubelet_config(self.work, self.cgroup_root)))
-        self.run("kubelet", bins["kubelet"], "--config", self.work / "kubelet.yaml",
-                 "--kubeconfig", self.work / "kubelet.kubeconfig",
-                 "--hostname-override", NODE_NAME, "--node-ip", NODE_IP)  # fmt: skip
-        self.run("kube-proxy", bins["kube-proxy"], f"--kubeconfig={self.work}/kube-proxy.kubeconfig",
-                 "--proxy-mode=iptables", f"--hostname-override={NODE_NAME}", f"--cluster-cidr={POD_CIDR}",
-                 # Global conntrack tunables stay as they are.
-                 "--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0",
-                 "--conntrack-tcp-timeout-close-wait=0",
-                 "--metrics-bind-address=127.0.0.1:10249", "--healthz-bind-address=127.0.0.1:10256")  # fmt: skip
+        self.run(
+            "kubelet",
+            bins["kubelet"],
+            "--config",
+            self.work / "kubelet.yaml",
+            "--kubeconfig",
+            self.work / "kubelet.kubeconfig",
+            "--hostname-override",
+            NODE_NAME,
+            "--node-ip",
+            NODE_IP,
+        )
+        self.run(
+            "kube-proxy",
+            bins["kube-proxy"],
+            f"--kubeconfig={self.work}/kube-proxy.kubeconfig",
+            "--proxy-mode=iptables",
+            f"--hostname-override={NODE_NAME}",
+            f"--cluster-cidr={POD_CIDR}",
+            # Global conntrack tunables stay as they are.
+            "--conntrack-max-per-core=0",
+            "--conntrack-tcp-timeout-established=0",
+            "--conntrack-tcp-timeout-close-wait=0",
+            "--metrics-bind-address=127.0.0.1:10249",
+            "--healthz-bind-address=127.0.0.1:10256",
+        )
         self.run("coredns", bins["coredns"], "-conf", self.work / "Corefile")
         self.wait_for(self.node_ready, "the node to be Ready", timeout=120)
         name = f"kubernetes.default.svc.{CLUSTER_DOMAIN}"
         self.wait_for(lambda: API_SERVICE_IP in self.dns(name), f"CoreDNS to answer for {name}")
-        self.wait_for(lambda: self.kubectl("get", "serviceaccount", "default", check=False).returncode == 0,
-                      "the default service account")  # fmt: skip
+        self.wait_for(
+            lambda: self.kubectl("get", "serviceaccount", "default", check=False).returncode == 0,
+            "the default service account",
+        )
 
     def node_ready(self) -> bool:
         jsonpath = '{.status.conditions[?(@.type=="Ready")].status}'
@@ -633,9 +738,3 @@ def stop_on_sigterm() -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, interrupt)
-
-
-def start_timed(cluster: Cluster) -> float:
-    start = time.monotonic()
-    cluster.start()
-    return time.monotonic() - start
