@@ -137,14 +137,21 @@ def own_cgroups() -> dict[str, str]:
 
 def nested_cgroup_root(name: str) -> tuple[str, list[Path]]:
     """The kubelet's cgroupRoot: a new cgroup under this process's own in every hierarchy (the kubelet
-    wants the same path in each). Returns the path and its directories, one per hierarchy."""
+    wants the same path in each). Returns the path and, per hierarchy, the topmost directory that does
+    not exist yet (what creating it adds, and removing it takes away)."""
     own = own_cgroups()
     deepest = max(own.values(), key=len)
     outside = {mount: path for mount, path in own.items() if not deepest.startswith(path.rstrip("/") + "/")}
     outside = {mount: path for mount, path in outside.items() if path not in ("/", deepest)}
     assert not outside, f"this process's cgroups are not nested in one another: {own}"
     root = f"{deepest.rstrip('/')}/{name}"
-    return root, [Path(mount + root) for mount in own]
+    tops = []
+    for mount in own:
+        path = Path(mount + root)
+        while not path.parent.exists():
+            path = path.parent
+        tops.append(path)
+    return root, tops
 
 
 def cgroup_pids(directories: list[Path]) -> set[int]:
@@ -482,8 +489,8 @@ class Cluster:
         self.namespaces = {kind: namespace_of(self.holder.pid, kind) for kind in ("net", "mnt")}
         self.setup_namespaces()
         self.cgroup_root, self.cgroup_dirs = nested_cgroup_root(f"newsgroups-cluster-{os.getpid()}")
-        for directory in self.cgroup_dirs:
-            directory.mkdir(parents=True, exist_ok=True)
+        for mount in own_cgroups():
+            Path(mount + self.cgroup_root).mkdir(parents=True)
         self.start_control_plane()
         self.start_node()
 
