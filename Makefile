@@ -24,7 +24,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 include helm-config/charts.env
 
 .PHONY: help setup train serve test unit lint format validate stack-bin e2e loadtest bench bench-tools export-feedback \
-	build cluster-up deploy dashboards port-forward cluster-down clean
+	build cluster-up deploy dashboards port-forward cluster-down clean cluster-bin cluster-packages cluster-images cluster-test
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -44,7 +44,7 @@ serve: ## Serve on 127.0.0.1:3000 (PORT=... to change), training first if there 
 	BENTOML_CONFIG=$(BENTOML_HOME)/bentoml-local.yaml $(BENTOML) serve \
 		newsgroups_classifier.service:NewsgroupsClassifier --host 127.0.0.1 --port $(PORT)
 
-test: lint stack-bin deploy-tools ## Lint, validate the deployment files, run every test including the end-to-end suite
+test: lint stack-bin deploy-tools cluster-bin cluster-images ## Lint, validate the deployment files, run every test including the end-to-end and cluster tiers
 	$(PY) -m pytest
 
 unit: ## The in-process tests: no server, no built binary (about a minute, on a fresh machine)
@@ -63,6 +63,18 @@ validate: stack-bin deploy-tools ## Check manifests, Helm values, dashboards and
 
 stack-bin: ## Build Prometheus and the OpenTelemetry Collector from the Go module proxy (cached by version)
 	bash tests/e2e/stack/build.sh
+
+cluster-bin: ## Build the cluster tier's Kubernetes v1.35.4 binaries, etcd and CoreDNS from the Go module proxy (cached)
+	bash tests/cluster/build.sh
+
+cluster-packages: ## Install the cluster tier's Debian packages at pinned versions (containerd, runc, CNI plugins, buildah, ...)
+	bash tests/cluster/packages.sh
+
+cluster-images: cluster-packages ## Make the base image `make build` builds on here, and the pause image, from Debian packages (cached)
+	bash tests/cluster/images.sh
+
+cluster-test: cluster-bin cluster-images deploy-tools ## A real single-node Kubernetes: `kubectl apply -f manifests/`, the `make build` image served, charts dry-run
+	$(PY) -m pytest tests/cluster
 
 e2e: stack-bin deploy-tools ## End to end against the real collector and Prometheus (contract tests where Loki and Tempo answer)
 	$(PY) -m pytest tests/e2e
@@ -93,6 +105,8 @@ SERVICE_NAMESPACE := newsgroups
 # The image reference lives in manifests/deployment.yaml; `make build deploy IMAGE=...` overrides it.
 MANIFEST_IMAGE := $(shell awk '$$1 == "image:" {print $$2; exit}' manifests/deployment.yaml)
 IMAGE ?= $(MANIFEST_IMAGE)
+# Extra `bentoml containerize` options, e.g. another builder: CONTAINERIZE_OPTS="--backend buildah".
+CONTAINERIZE_OPTS ?=
 DASHBOARDS_CONFIGMAP := newsgroups-dashboards
 GRAFANA_PORT ?= 3001
 PROMETHEUS_PORT ?= 9090
@@ -134,7 +148,7 @@ endef
 build: ## Build the Bento (model included) and containerize it as IMAGE (default: manifests/deployment.yaml's)
 	@$(BENTOML) models get newsgroups_classifier:latest >/dev/null 2>&1 || $(MAKE) train
 	$(BENTOML) build
-	$(BENTOML) containerize newsgroups-classifier:latest -t $(IMAGE)
+	$(BENTOML) containerize newsgroups-classifier:latest -t $(IMAGE) $(CONTAINERIZE_OPTS)
 
 cluster-up: ## Namespaces, secrets, dashboards and every chart of the observability stack (LOG_AGENT=promtail: Promtail ships the logs)
 	$(KUBECTL) apply -f manifests/00-namespace.yaml

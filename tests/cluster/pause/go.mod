@@ -1,0 +1,3 @@
+module newsgroups-observability/cluster/pause
+
+go 1.25.0

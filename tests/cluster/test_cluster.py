@@ -1,0 +1,289 @@
+"""The manifests and charts we ship, against a real single-node Kubernetes v1.35.4 (tests/cluster/node.py)
+running the image `make build` makes.
+
+Loki, Tempo, Grafana, MinIO and Promtail are never run (their images cannot be had here, and the project
+runs no AGPL component): their charts, like every pinned chart, are rendered and dry-run only (test 6).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import signal
+import subprocess
+import sys
+
+import pytest
+import yaml
+from deploy_files import KUBERNETES_VERSION, SHARED, cluster_releases, render, yaml_documents
+from node import INSIDE, NODE_NAME
+from service_names import DEPLOYMENT, NAMESPACE, SERVICE
+
+from helpers import REPO, poll_until
+
+CRDS = SHARED / "crds" / "prometheus-operator" / "v0.93.0"
+TEXT = "The goalie stopped every shot in overtime of the playoff game."
+
+
+def pods(cluster) -> list[dict]:
+    listed = cluster.kubectl(
+        "-n", NAMESPACE, "get", "pods", "-l", f"app.kubernetes.io/name={SERVICE}", "-o", "json"
+    )
+    return json.loads(listed.stdout)["items"]
+
+
+def ready_pods(cluster) -> list[dict]:
+    def ready(pod):
+        return any(
+            c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", [])
+        )
+
+    return [pod for pod in pods(cluster) if ready(pod) and not pod["metadata"].get("deletionTimestamp")]
+
+
+def cluster_url(cluster) -> str:
+    ip = cluster.kubectl(
+        "-n", NAMESPACE, "get", "service", SERVICE, "-o", "jsonpath={.spec.clusterIP}"
+    ).stdout
+    return f"http://{ip}:3000"
+
+
+def post(cluster, url: str, *args: str) -> tuple[int, dict]:
+    """curl -X POST inside the node's network namespace: (status, JSON body)."""
+    out = cluster.curl("--write-out", "\n%{http_code}", "-X", "POST", *args, url).stdout
+    body, _, status = out.rpartition("\n")
+    return int(status), json.loads(body)
+
+
+def new_traceparent() -> tuple[str, str]:
+    trace_id = secrets.token_hex(16)
+    return trace_id, f"traceparent: 00-{trace_id}-{secrets.token_hex(8)}-01"
+
+
+# --- 1. kubectl apply -f manifests/ ------------------------------------------------------------------
+
+
+def test_apply_accepts_every_manifest_and_the_pod_runs_restricted(deployed):
+    cluster = deployed.cluster
+    shipped = [doc for path in sorted((REPO / "manifests").glob("*.yaml")) for doc in yaml_documents(path)]
+    for doc in shipped:
+        kind, name = doc["kind"].lower(), doc["metadata"]["name"]
+        assert re.search(
+            rf"^{kind}[./][^ ]*{name} (created|configured|unchanged)$", deployed.applied, re.M
+        ), f"{kind}/{name} not accepted:\n{deployed.applied}"
+
+    privileged = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "privileged", "namespace": NAMESPACE},
+        "spec": {
+            "containers": [
+                {"name": "c", "image": "registry.k8s.io/pause:3.10", "securityContext": {"privileged": True}}
+            ]
+        },
+    }
+    refused = cluster.kubectl("apply", "-f", "-", input=json.dumps(privileged), check=False)
+    assert refused.returncode != 0
+    assert 'violates PodSecurity "restricted:v1.35"' in refused.stderr and "privileged" in refused.stderr
+
+    (pod,) = [p for p in ready_pods(cluster)][:1]
+    container = pod["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert pod["status"]["containerStatuses"][0]["ready"] is True
+    name = pod["metadata"]["name"]
+    assert cluster.kubectl("-n", NAMESPACE, "exec", name, "--", "id", "-u").stdout.strip() == "1034"
+    written = cluster.kubectl("-n", NAMESPACE, "exec", name, "--", "touch", "/written", check=False)
+    assert written.returncode != 0 and "Read-only file system" in written.stderr
+
+
+# --- 2. predictions ----------------------------------------------------------------------------------
+
+
+def check_predictions(cluster, url: str) -> None:
+    status, body = post(cluster, f"{url}/predict", "--data", TEXT)
+    assert status == 200 and body["label"] == "rec.sport.hockey", body
+    status, body = post(
+        cluster,
+        f"{url}/predict",
+        "-H",
+        "Content-Type: application/json",
+        "--data",
+        json.dumps({"text": TEXT}),
+    )
+    assert status == 200 and body["label"] == "rec.sport.hockey", body
+    status, body = post(cluster, f"{url}/predict", "--data", "   ")
+    assert status == 400 and body["reason"], body
+
+
+def test_predictions_through_the_service_cluster_address(deployed):
+    check_predictions(deployed.cluster, cluster_url(deployed.cluster))
+
+
+def test_predictions_through_kubectl_port_forward(deployed):
+    cluster = deployed.cluster
+    forward = subprocess.Popen(
+        [
+            *cluster.enter(),
+            cluster.binaries["kubectl"],
+            "--kubeconfig",
+            cluster.kubeconfig,
+            "-n",
+            NAMESPACE,
+            "port-forward",
+            f"svc/{SERVICE}",
+            "3000:3000",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        poll_until(
+            lambda: cluster.curl("http://127.0.0.1:3000/readyz", check=False).returncode == 0,
+            timeout=30,
+            what="kubectl port-forward",
+        )
+        check_predictions(cluster, "http://127.0.0.1:3000")
+    finally:
+        forward.terminate()
+        forward.wait(10)
+
+
+# --- 3. the pod's log file on the node ---------------------------------------------------------------
+
+CRI_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+(Z|[+-]\d\d:\d\d) (stdout|stderr) (F|P) (.*)$")
+
+
+def test_the_pods_log_file_holds_one_json_prediction_event_per_prediction(deployed):
+    cluster = deployed.cluster
+    trace_id, traceparent = new_traceparent()
+    url = cluster_url(cluster)
+    for _ in range(3):
+        assert post(cluster, f"{url}/predict", "-H", traceparent, "--data", TEXT)[0] == 200
+
+    def events():
+        found = []
+        for path in cluster.pod_logs.glob(f"{NAMESPACE}_{SERVICE}-*/{SERVICE}/*.log"):
+            for line in path.read_text().splitlines():
+                match = CRI_LINE.match(line)
+                assert match, f"not a CRI log line in {path}: {line!r}"
+                if match[3] == "F" and f'"trace_id":"{trace_id}"' in match[4]:
+                    found.append(json.loads(match[4]))
+        return [e for e in found if e.get("event") == "prediction"]
+
+    # The event is written up to TELEMETRY_FLUSH_SECONDS after the response.
+    found = poll_until(lambda: len(events()) >= 3 and events(), timeout=30, what="the prediction events")
+    assert len(found) == 3 and all(
+        e["trace_id"] == trace_id and e["label"] == "rec.sport.hockey" for e in found
+    )
+
+
+# --- 4. a rolling restart under traffic --------------------------------------------------------------
+
+
+def test_a_rolling_restart_under_steady_traffic_fails_no_request(deployed):
+    cluster = deployed.cluster
+    before = {pod["metadata"]["name"] for pod in ready_pods(cluster)}
+    traffic = subprocess.Popen(
+        [*cluster.enter(), sys.executable, INSIDE, "traffic", f"{cluster_url(cluster)}/predict", "600"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        cluster.kubectl("-n", NAMESPACE, "rollout", "restart", DEPLOYMENT)
+        cluster.kubectl("-n", NAMESPACE, "rollout", "status", DEPLOYMENT, "--timeout=300s", timeout=330)
+        # Old pods still terminating keep serving their last requests: wait until they are gone.
+        poll_until(
+            lambda: not before & {p["metadata"]["name"] for p in pods(cluster)},
+            timeout=90,
+            what="the old pods to be gone",
+        )
+    finally:
+        traffic.send_signal(signal.SIGTERM)
+        out, err = traffic.communicate(timeout=30)
+    result = json.loads(out)
+    assert result["failed"] == [], result
+    assert result["ok"] > 50, result
+    assert len(result["model_versions"]) == 1, result
+    after = {pod["metadata"]["name"] for pod in ready_pods(cluster)}
+    assert after and not after & before
+
+
+# --- 5. HPA, PDB, NetworkPolicy, ServiceAccount ------------------------------------------------------
+
+
+def test_the_autoscaler_budget_policy_and_account_are_in_force_as_far_as_one_node_allows(deployed):
+    cluster = deployed.cluster
+
+    def get(kind: str) -> dict:
+        return json.loads(cluster.kubectl("-n", NAMESPACE, "get", kind, SERVICE, "-o", "json").stdout)
+
+    # The HPA holds the Deployment at minReplicas; scaling on CPU needs the metrics-server, absent here.
+    hpa = get("horizontalpodautoscaler")
+    assert get("deployment")["spec"]["replicas"] == hpa["spec"]["minReplicas"] == 2
+    scaling = poll_until(
+        lambda: next(
+            (
+                c
+                for c in get("horizontalpodautoscaler")["status"].get("conditions", [])
+                if c["type"] == "ScalingActive"
+            ),
+            None,
+        ),
+        timeout=60,
+        what="the HPA's ScalingActive condition",
+    )
+    assert scaling["status"] == "False" and scaling["reason"] == "FailedGetResourceMetric", scaling
+
+    # The disruption controller counts the healthy pods against minAvailable.
+    pdb = poll_until(
+        lambda: (p := get("poddisruptionbudget"))["status"].get("currentHealthy") == 2 and p,
+        timeout=60,
+        what="the PDB's status",
+    )
+    assert pdb["status"]["desiredHealthy"] == 1 and pdb["status"]["disruptionsAllowed"] == 1
+
+    # Accepted and stored; the bridge CNI plugin does not enforce it.
+    assert get("networkpolicy")["spec"]["policyTypes"] == ["Ingress", "Egress"]
+
+    # The pod runs as its own service account, with no API token mounted.
+    assert get("serviceaccount")["automountServiceAccountToken"] is False
+    for pod in ready_pods(cluster):
+        assert pod["spec"]["serviceAccountName"] == SERVICE
+        mounts = [m["mountPath"] for c in pod["spec"]["containers"] for m in c.get("volumeMounts", [])]
+        assert not any("serviceaccount" in path for path in mounts), mounts
+
+
+# --- 6. every pinned chart, rendered with our values, dry-run against the API server -----------------
+
+
+@pytest.mark.parametrize("release_name", sorted(cluster_releases()))
+def test_every_pinned_chart_passes_a_server_side_dry_run(cluster, helm, release_name, tmp_path):
+    release = cluster_releases()[release_name]
+    objects = render(release, helm)
+    assert objects, f"{release_name} rendered nothing"
+    custom_kinds = {doc["kind"] for doc in objects if doc["apiVersion"].startswith("monitoring.coreos.com/")}
+    for kind in sorted(custom_kinds):
+        (crd,) = CRDS.glob(f"monitoring.coreos.com_{kind.lower()}s.yaml")
+        cluster.kubectl("apply", "--server-side", "-f", crd)
+        cluster.kubectl("wait", "--for=condition=Established", "-f", crd, "--timeout=60s")
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": release.namespace}}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(namespace))
+    rendered = tmp_path / f"{release_name}.yaml"
+    rendered.write_text(yaml.safe_dump_all(objects))
+    dry_run = cluster.kubectl(
+        "apply", "--server-side", "--dry-run=server", "-n", release.namespace, "-f", rendered, check=False
+    )
+    assert dry_run.returncode == 0 and "error" not in dry_run.stderr.lower(), dry_run.stderr
+    assert dry_run.stdout.count("serverside-applied (server dry run)") == len(objects), dry_run.stdout
+
+
+def test_the_server_is_the_version_the_manifests_are_checked_against(cluster):
+    version = json.loads(cluster.kubectl("version", "-o", "json").stdout)["serverVersion"]
+    assert (
+        f"{version['major']}.{version['minor']}" == KUBERNETES_VERSION and version["gitVersion"] == "v1.35.4"
+    )
+    assert cluster.node_ready()
+    assert NODE_NAME in cluster.kubectl("get", "nodes").stdout
