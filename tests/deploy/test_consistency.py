@@ -183,10 +183,10 @@ def test_tempo_makes_only_the_service_graph_and_remote_writes_it_to_prometheus(r
     assert "web.enable-remote-write-receiver" in prometheus["server"]["extraFlags"]
 
 
-def test_prometheus_scrapes_the_pods_with_openmetrics_first(releases):
+def test_prometheus_scrapes_the_annotated_pods(releases):
     prometheus = merged(releases["prometheus"])
     job = prometheus["scrapeConfigs"]["kubernetes-pods"]
-    assert job["enabled"] and "scrape_protocols" not in job  # Prometheus 3's default puts OpenMetrics first
+    assert job["enabled"] and "scrape_protocols" not in job  # Prometheus 3 negotiates the text format
     assert "scrape_protocols" not in prometheus["server"]["global"]
     keep = job["relabel_configs"][0]
     assert keep == {
