@@ -1,6 +1,6 @@
 """Side-by-side benchmark (`make bench`): our service against the FastAPI app a user would write
 instead (plain, and with the same telemetry), what our telemetry costs, and the levers that move our
-speed (sync or async API methods, workers, batching's max latency, sampling), on the same machine and
+speed (async or sync API methods, workers, batching's max latency, sampling), on the same machine and
 the same documents (the test split).
 
 Every server gets the same closed-loop load from wrk (one thread, JSON bodies cycled by
@@ -84,7 +84,8 @@ SERVERS = {
     "full": Server("ours"),
     "tenth": Server("ours", 0.1),
     "no-traces": Server("ours", 0.0),
-    "async": Server("variant", env={"BENCH_API": "async"}),
+    "sync-predict": Server("variant", env={"BENCH_PREDICT": "sync"}),
+    "async-batch": Server("variant", env={"BENCH_BATCH": "async"}),
     "two-workers": Server("ours", env={"WORKERS": "2"}),
     "latency-100ms": Server("variant", env={"BENCH_MAX_LATENCY_MS": "100"}),
 }
@@ -104,12 +105,12 @@ TARGETS = [
     Target("FastAPI with the same telemetry (the peer)", "peer", SINGLE),
     Target("ours, telemetry off", "off", SINGLE),
     Target("ours, telemetry off, a second server (A/A control)", "off-again", SINGLE),
-    Target("ours, as shipped (full telemetry, sync)", "full", SINGLE),
+    Target("ours, as shipped (full telemetry)", "full", SINGLE),
     Target("ours, as shipped, adaptive batching", "full", BATCHED),
     Target("ours, 10% sampling", "tenth", SINGLE),
     Target("ours, metrics and logs, no traces", "no-traces", SINGLE),
-    Target("ours, async API methods", "async", SINGLE),
-    Target("ours, async API methods, adaptive batching", "async", BATCHED),
+    Target("ours, sync /predict (in BentoML's thread)", "sync-predict", SINGLE),
+    Target("ours, async /predict_batch (on the event loop)", "async-batch", BATCHED),
     Target("ours, 2 workers", "two-workers", SINGLE),
     Target("ours, adaptive batching, max latency 100 ms", "latency-100ms", BATCHED),
 ]
@@ -127,8 +128,8 @@ RATIOS = {
     "full telemetry / telemetry off": (("full", SINGLE), ("off", SINGLE)),
     "10% sampling / telemetry off": (("tenth", SINGLE), ("off", SINGLE)),
     "metrics and logs, no traces / telemetry off": (("no-traces", SINGLE), ("off", SINGLE)),
-    "lever: async / sync API methods": (("async", SINGLE), ("full", SINGLE)),
-    "lever: async / sync, adaptive batching": (("async", BATCHED), ("full", BATCHED)),
+    "lever: async / sync /predict": (("full", SINGLE), ("sync-predict", SINGLE)),
+    "lever: async / sync /predict_batch": (("async-batch", BATCHED), ("full", BATCHED)),
     "lever: 2 workers / 1": (("two-workers", SINGLE), ("full", SINGLE)),
     "lever: max latency 100 ms / 1000 ms, adaptive batching": (("latency-100ms", BATCHED), ("full", BATCHED)),
     "lever: 10% / full sampling": (("tenth", SINGLE), ("full", SINGLE)),

@@ -1,23 +1,28 @@
-"""The service with other settings of two levers, for `make bench` to measure beside the shipped one:
-API methods that run on the event loop (`BENCH_API=async`) or in BentoML's request thread (`sync`, as
-shipped), and the adaptive batching's `max_latency_ms` (`BENCH_MAX_LATENCY_MS`, shipped 1000).
+"""The service with other settings of its speed levers, for `make bench` to measure beside the shipped
+one: how each API method runs (`BENCH_PREDICT`, `BENCH_BATCH`: `async` on the event loop or `sync` in
+BentoML's request thread; shipped: async /predict, sync /predict_batch) and the adaptive batching's
+`max_latency_ms` (`BENCH_MAX_LATENCY_MS`, shipped 1000).
 
-    bentoml serve service_variants:Variant --working-dir load_testing
+    BENCH_PREDICT=sync bentoml serve service_variants:Variant --working-dir load_testing
 """
 
 from __future__ import annotations
 
 import os
+from typing import Annotated
 
 import bentoml
+from bentoml.validators import ContentType
 
 from newsgroups_classifier.classifier import BatchText, Classifier, Prediction, resolve_model
 from newsgroups_classifier.config import Settings
 from newsgroups_classifier.guard import RequestGuard
 from newsgroups_classifier.tracing import export_resource_attributes
 
-ASYNC = os.environ.get("BENCH_API", "sync") == "async"
+ASYNC_PREDICT = os.environ.get("BENCH_PREDICT", "async") == "async"
+ASYNC_BATCH = os.environ.get("BENCH_BATCH", "sync") == "async"
 MAX_LATENCY_MS = int(os.environ.get("BENCH_MAX_LATENCY_MS", "1000"))
+Predictions = Annotated[list[Prediction], ContentType("application/json")]
 settings = Settings()
 STORED_MODEL = resolve_model(settings.model_tag)
 export_resource_attributes(settings, STORED_MODEL.tag.version)
@@ -34,17 +39,11 @@ class Variant:
     def flush_telemetry(self) -> None:
         self.classifier.flush_telemetry()
 
-    if ASYNC:  # the model call runs on the event loop: no thread hand-off, and no other request meanwhile
+    if ASYNC_PREDICT:
 
         @bentoml.api(route="/predict")
         async def predict(self, text: str) -> Prediction:
             return self.classifier.predict([BatchText(text=text)], "predict")[0]
-
-        @bentoml.api(
-            route="/predict_batch", batchable=True, max_batch_size=256, max_latency_ms=MAX_LATENCY_MS
-        )
-        async def predict_batch(self, texts: list[BatchText]) -> list[Prediction]:
-            return self.classifier.predict(texts, "predict_batch")
 
     else:
 
@@ -52,10 +51,17 @@ class Variant:
         def predict(self, text: str) -> Prediction:
             return self.classifier.predict([BatchText(text=text)], "predict")[0]
 
-        @bentoml.api(
-            route="/predict_batch", batchable=True, max_batch_size=256, max_latency_ms=MAX_LATENCY_MS
-        )
-        def predict_batch(self, texts: list[BatchText]) -> list[Prediction]:
+    batching = {"batchable": True, "max_batch_size": 256, "max_latency_ms": MAX_LATENCY_MS}
+    if ASYNC_BATCH:
+
+        @bentoml.api(route="/predict_batch", **batching)
+        async def predict_batch(self, texts: list[BatchText]) -> Predictions:
+            return self.classifier.predict(texts, "predict_batch")
+
+    else:
+
+        @bentoml.api(route="/predict_batch", **batching)
+        def predict_batch(self, texts: list[BatchText]) -> Predictions:
             return self.classifier.predict(texts, "predict_batch")
 
 

@@ -32,16 +32,19 @@ class NewsgroupsClassifier:
     def flush_telemetry(self) -> None:
         self.classifier.flush_telemetry()
 
+    # async: the model call (a few ms of CPU) runs on the event loop, without a hand-off to a thread
+    # and back (more predictions per CPU-second: docs/benchmarks.md).
     @bentoml.api(route="/predict")
-    def predict(self, text: str) -> Prediction:
+    async def predict(self, text: str) -> Prediction:
         return self.classifier.predict([BatchText(text=text)], "predict")[0]
 
-    # The content type said once: else BentoML derives it from the list's JSON schema per response.
+    # sync (in BentoML's thread): the event loop gathers the next batch while one is predicted. The
+    # content type said once: else BentoML derives it from the list's JSON schema per response.
     @bentoml.api(route="/predict_batch", batchable=True, max_batch_size=256, max_latency_ms=1000)
     def predict_batch(self, texts: list[BatchText]) -> Annotated[list[Prediction], ContentType(JSON)]:
         return self.classifier.predict(texts, "predict_batch")
 
-    @bentoml.api(route="/feedback")
+    @bentoml.api(route="/feedback")  # sync: SQLite and a stdout write that may wait, off the event loop
     def feedback(self, prediction_id: str, label: str) -> dict:
         try:
             correct = self.classifier.feedback(prediction_id, label)

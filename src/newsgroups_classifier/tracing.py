@@ -84,9 +84,15 @@ class StepTimer:
 
 def record_inference(
     tracer: trace.Tracer, parent: context.Context, timer: StepTimer, attributes: dict
-) -> trace.Span:
+) -> trace.Span | None:
     """The `inference` span of one request below `parent`, with a child span per step, timed by
-    `timer`; a step that raised gives its span and `inference` the error status."""
+    `timer`; a step that raised gives its span and `inference` the error status.
+
+    None below an unsampled parent: sampling is parent-based, and BentoML's sampler would still
+    record spans that are never exported.
+    """
+    if not trace.get_current_span(parent).get_span_context().trace_flags.sampled:
+        return None
     inference = tracer.start_span("inference", parent, start_time=timer.start_ns, attributes=attributes)
     below = trace.set_span_in_context(inference, parent)
     for name, start, end, error in timer.steps:

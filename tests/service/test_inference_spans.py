@@ -28,8 +28,8 @@ def exported():
     yield provider.get_tracer("test"), exporter
 
 
-def request(parent_span_id: str = "00f067aa0ba902b7") -> context.Context:
-    return request_context(f"00-{TRACE_ID}-{parent_span_id}-01")
+def request(parent_span_id: str = "00f067aa0ba902b7", flags: str = "01") -> context.Context:
+    return request_context(f"00-{TRACE_ID}-{parent_span_id}-{flags}")
 
 
 def test_steps_become_child_spans_timed_as_they_ran(exported):
@@ -49,6 +49,15 @@ def test_steps_become_child_spans_timed_as_they_ran(exported):
     assert spans["preprocess"].end_time == spans["predict"].start_time  # the steps follow each other
     assert spans["predict"].end_time == inference.end_time == timer.end_ns
     assert all(span.status.status_code == StatusCode.UNSET for span in spans.values())
+
+
+def test_below_an_unsampled_parent_nothing_is_recorded(exported):
+    tracer, exporter = exported
+    timer = StepTimer()
+    with timer.step("predict"):
+        pass
+    assert record_inference(tracer, request(flags="00"), timer, {}) is None
+    assert exporter.get_finished_spans() == ()
 
 
 def test_a_failed_step_gives_its_span_and_inference_the_error_status(exported):
