@@ -51,6 +51,18 @@ def poll_until(
     raise AssertionError(f"timed out after {timeout} s waiting for {what or check}; last error: {last_error}")
 
 
+def stop_process(process: subprocess.Popen, timeout: float = 20) -> int:
+    """SIGTERM, then SIGKILL if it is still running after `timeout` seconds; its exit status."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -108,14 +120,7 @@ class Server:
         return self.log_path.read_text(errors="replace").splitlines()
 
     def stop(self, timeout: float = 20) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, timeout)
 
 
 def start_server(

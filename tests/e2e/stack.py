@@ -15,7 +15,7 @@ import requests
 import yaml
 
 from charts import cluster_releases, render
-from helpers import REPO, GiveUp, free_port, poll_until, tail
+from helpers import REPO, GiveUp, free_port, poll_until, stop_process, tail
 from otlp_receiver import OtlpReceiver
 
 BUILD = REPO / "tests" / "e2e" / "stack" / "build.sh"
@@ -97,14 +97,7 @@ class Program:
         return requests.get(self.ready_url, timeout=2).status_code == 200
 
     def stop(self, timeout: float = 20) -> int | None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode if self.process else None
+        return stop_process(self.process, timeout) if self.process else None
 
     def write_config(self, config: dict, name: str = "config.yaml") -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
