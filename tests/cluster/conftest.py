@@ -124,13 +124,21 @@ def images_of(objects: list[dict]) -> set[str]:
 def observability(cluster, helm, tmp_path_factory) -> Iterator[Observability]:
     """What `make cluster-up` installs that can run here, in its order, from its chart renderings and our
     values (plus each release's overlay): Prometheus and the collector DaemonSet. Loki's and Tempo's
-    addresses are the test suite's OTLP receivers (stand-ins.yaml). The images are imported first."""
+    addresses are the test suite's OTLP receivers, Prometheus' claim is bound to a directory of the node
+    (stand-ins.yaml). The images are imported first."""
     releases = [r for r in cluster_releases().values() if (OVERLAYS / f"{r.name}.yaml").exists()]
     received = tmp_path_factory.mktemp("observability") / "received"
     receivers = start_stand_ins(cluster, received)
     try:
         cluster.kubectl("create", "namespace", "observability")
-        cluster.kubectl("apply", "-f", STAND_INS)
+        for doc in yaml.safe_load_all(STAND_INS.read_text()):
+            if doc["kind"] == "PersistentVolume":  # Prometheus' (the chart's pod runs as nobody)
+                cluster.in_netns(
+                    "install", "-d", "-o", "65534", "-g", "65534", doc["spec"]["hostPath"]["path"]
+                )
+        # Server-side: no last-applied annotation, which the charts' dry runs (test_cluster.py) would take
+        # for objects of their own to migrate.
+        cluster.kubectl("apply", "--server-side", "-f", STAND_INS)
         for release in releases:
             overlay = OVERLAYS / f"{release.name}.yaml"
             for image in sorted(images_of(render(release, helm, "--values", overlay))):

@@ -34,6 +34,18 @@ from loki_contract import Entry, ingested, select  # noqa: E402
 from stack import loki_index_attributes  # noqa: E402
 
 PREDICTIONS_LOGGER = "newsgroups_classifier.predictions"
+# The OpenTelemetry SDK's batch span processor exports every 5 s (its default schedule delay).
+SPAN_EXPORT_DELAY = 5
+
+
+def flush_interval() -> float:
+    """How often the span_metrics connector flushes, in seconds (helm-config/opentelemetry-collector)."""
+    values = yaml.safe_load((REPO / "helm-config" / "opentelemetry-collector" / "values.yaml").read_text())
+    interval = values["config"]["connectors"]["span_metrics"]["metrics_flush_interval"]
+    assert interval.endswith("s"), interval
+    return float(interval[:-1])
+
+
 TEXTS = {
     "rec.sport.hockey": "The goalie stopped every shot in overtime of the playoff game.",
     "rec.autos": "The dealer replaced the transmission and the brakes of my sedan.",
@@ -67,6 +79,32 @@ def post(cluster, url: str, body: dict, *headers: str) -> tuple[int, dict]:
     return int(status), json.loads(text)
 
 
+def scraped_predictions(cluster, pod: Pod) -> float:
+    """The pod's own count of predictions, read from its /metrics."""
+    text = cluster.curl(f"http://{pod.ip}:3000/metrics").stdout
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "newsgroups_predictions_total"
+    )
+
+
+def wait_until_quiet(cluster, pod: Pod, seconds: float) -> None:
+    """Poll until the pod has made no prediction for `seconds`."""
+    last = {"count": None, "since": time.monotonic()}
+
+    def quiet() -> bool:
+        count = scraped_predictions(cluster, pod)
+        if count != last["count"]:
+            last.update(count=count, since=time.monotonic())
+        return time.monotonic() - last["since"] >= seconds
+
+    poll_until(
+        quiet, timeout=seconds + 120, interval=1, what=f"{pod.name} to make no prediction for {seconds} s"
+    )
+
+
 @pytest.fixture(scope="module")
 def prediction(deployed, observability) -> Prediction:
     """A prediction with a known traceparent, sent to one pod, then what every dashboard panel needs:
@@ -75,6 +113,10 @@ def prediction(deployed, observability) -> Prediction:
     (pod, *_) = ready_pods(cluster)
     pod = Pod(pod["metadata"]["name"], pod["metadata"]["uid"], pod["status"]["podIP"])
     url = f"http://{pod.ip}:3000"
+    # The span_metrics connector gives exemplars to the first spans of each series in a flush interval
+    # (max_per_data_point, default 5): once the pod's earlier spans are exported (the SDK's batch delay)
+    # and flushed, the known prediction's span is the first of its interval.
+    wait_until_quiet(cluster, pod, SPAN_EXPORT_DELAY + flush_interval())
     trace_id = secrets.token_hex(16)
     traceparent = f"traceparent: 00-{trace_id}-{secrets.token_hex(8)}-01"
     status, answer = post(cluster, f"{url}/predict", {"text": TEXTS["rec.sport.hockey"]}, "-H", traceparent)
@@ -156,16 +198,14 @@ def test_contract_the_derived_fields_lead_from_the_log_line_to_the_trace(predict
 
 
 def exported_spans(observability, trace_id: str) -> list:
-    return poll_until(
-        lambda: (
-            (spans := observability.tempo().trace(trace_id))
-            and "inference" in {s.name for s in spans}
-            and spans
-        ),
-        timeout=60,
-        interval=1,
-        what=f"the spans of {trace_id} at Tempo's address",
-    )
+    """The trace's spans, once its inference span and that span's parent (the server span) are there."""
+
+    def spans():
+        found = observability.tempo().trace(trace_id)
+        inference = [s.parent_span_id for s in found if s.name == "inference"]
+        return inference and inference[0] in {s.span_id for s in found} and found
+
+    return poll_until(spans, timeout=60, interval=1, what=f"the spans of {trace_id} at Tempo's address")
 
 
 def test_contract_tempo_gets_the_spans_with_the_pods_resource_attributes(prediction, observability):
@@ -235,17 +275,6 @@ def exemplars(cluster, selector: str) -> list[dict]:
     return [{**e, "series": s["seriesLabels"]} for s in series for e in s["exemplars"]]
 
 
-def scraped_predictions(cluster, pod: Pod) -> float:
-    """The pod's own count of predictions, read from its /metrics."""
-    text = cluster.curl(f"http://{pod.ip}:3000/metrics").stdout
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "newsgroups_predictions_total"
-    )
-
-
 def test_prometheus_discovers_the_pod_and_scrapes_its_counters(prediction, deployed):
     """The `kubernetes-pods` job finds the pod by its annotations and labels its series with the pod;
     the pod's prediction count, taken after the traffic, reaches Prometheus."""
@@ -271,14 +300,23 @@ def test_the_span_metrics_reach_prometheus_with_an_exemplar_of_the_trace(predict
     (destination,) = DATASOURCES["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
     inference = f'span_name="inference", k8s_pod_name="{pod.name}"'
     selector = f"traces_span_metrics_duration_milliseconds_bucket{{{inference}}}"
-    (found, *_) = poll_until(
-        lambda: [
-            e for e in exemplars(cluster, selector) if e["labels"][destination["name"]] == prediction.trace_id
-        ],
-        timeout=90,
-        interval=2,
-        what=f"an exemplar with trace id {prediction.trace_id}",
-    )
+    try:
+        (found, *_) = poll_until(
+            lambda: [
+                e
+                for e in exemplars(cluster, selector)
+                if e["labels"][destination["name"]] == prediction.trace_id
+            ],
+            timeout=90,
+            interval=2,
+        )
+    except AssertionError:
+        stored = [
+            (e["series"]["le"], e["labels"], e["value"], e["timestamp"]) for e in exemplars(cluster, selector)
+        ]
+        raise AssertionError(
+            f"no exemplar of {selector} has trace id {prediction.trace_id} at {time.time()}; stored: {stored}"
+        ) from None
     assert found["series"]["service_name"] == SERVICE and found["series"]["k8s_namespace_name"] == NAMESPACE
     for where, selectors in exemplar_selectors():
         for panel_selector in selectors:
