@@ -36,6 +36,12 @@ from stack import loki_index_attributes  # noqa: E402
 PREDICTIONS_LOGGER = "newsgroups_classifier.predictions"
 # The OpenTelemetry SDK's batch span processor exports every 5 s (its default schedule delay).
 SPAN_EXPORT_DELAY = 5
+TEXTS = {
+    "rec.sport.hockey": "The goalie stopped every shot in overtime of the playoff game.",
+    "rec.autos": "The dealer replaced the transmission and the brakes of my sedan.",
+    "rec.motorcycles": "I ride my motorcycle with a helmet and leathers on the highway.",
+    "rec.sport.baseball": "The pitcher threw a no-hitter and the shortstop hit a home run.",
+}
 
 
 def flush_interval() -> float:
@@ -44,14 +50,6 @@ def flush_interval() -> float:
     interval = values["config"]["connectors"]["span_metrics"]["metrics_flush_interval"]
     assert interval.endswith("s"), interval
     return float(interval[:-1])
-
-
-TEXTS = {
-    "rec.sport.hockey": "The goalie stopped every shot in overtime of the playoff game.",
-    "rec.autos": "The dealer replaced the transmission and the brakes of my sedan.",
-    "rec.motorcycles": "I ride my motorcycle with a helmet and leathers on the highway.",
-    "rec.sport.baseball": "The pitcher threw a no-hitter and the shortstop hit a home run.",
-}
 
 
 @dataclass(frozen=True)
