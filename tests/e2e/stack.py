@@ -132,6 +132,8 @@ COLLECTOR_ENV = {
     "OTEL_K8S_NODE_IP": "127.0.0.1",
     "OTEL_K8S_POD_NAME": "opentelemetry-collector-agent-e2e",
     "OTEL_K8S_POD_IP": "127.0.0.1",
+    "K8S_NODE_NAME": "e2e-node",
+    "K8S_NODE_IP": "127.0.0.1",
 }
 # The processor of the shipped configuration that needs a Kubernetes API server (it asks it for each pod's
 # metadata), which this stack has none of: left out here, run in the cluster tier (tests/cluster). The
