@@ -24,7 +24,8 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 include helm-config/charts.env
 
 .PHONY: help setup train serve test unit lint format validate stack-bin e2e loadtest bench bench-tools export-feedback \
-	build cluster-up deploy dashboards port-forward cluster-down clean cluster-bin cluster-packages cluster-images cluster-test
+	build cluster-up deploy dashboards port-forward cluster-down clean cluster-bin cluster-packages cluster-images \
+	stack-images cluster-test
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -44,7 +45,7 @@ serve: ## Serve on 127.0.0.1:3000 (PORT=... to change), training first if there 
 	BENTOML_CONFIG=$(BENTOML_HOME)/bentoml-local.yaml $(BENTOML) serve \
 		newsgroups_classifier.service:NewsgroupsClassifier --host 127.0.0.1 --port $(PORT)
 
-test: lint stack-bin deploy-tools cluster-bin cluster-images ## Lint, validate the deployment files, run every test including the end-to-end and cluster tiers
+test: lint stack-bin deploy-tools cluster-bin cluster-images stack-images ## Lint, validate the deployment files, run every test including the end-to-end and cluster tiers
 	$(PY) -m pytest
 
 unit: ## The in-process tests: no server, no built binary (about a minute, on a fresh machine)
@@ -73,7 +74,10 @@ cluster-packages: ## Install the cluster tier's Debian packages at pinned versio
 cluster-images: cluster-packages ## Make the base image `make build` builds on here, and the pause image, from Debian packages (cached)
 	bash tests/cluster/images.sh
 
-cluster-test: cluster-bin cluster-images deploy-tools ## A real single-node Kubernetes: `kubectl apply -f manifests/`, the `make build` image served, charts dry-run
+stack-images: stack-bin cluster-packages ## Images of the collector and Prometheus from `make stack-bin`'s binaries, for the cluster tier (cached)
+	bash tests/cluster/images.sh otelcol prometheus
+
+cluster-test: cluster-bin cluster-images stack-images deploy-tools ## A real single-node Kubernetes: the collector and Prometheus from our values, `kubectl apply -f manifests/`, the `make build` image served, charts dry-run
 	$(PY) -m pytest tests/cluster
 
 e2e: stack-bin deploy-tools ## End to end against the real collector and Prometheus (contract tests where Loki and Tempo answer)

@@ -4,10 +4,12 @@ definitions."""
 from __future__ import annotations
 
 import gzip
+import os
 import threading
 from concurrent import futures
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
@@ -51,9 +53,20 @@ def _attributes(pairs) -> dict:
 
 class OtlpReceiver:
     """Collects every span exported to it, over gRPC (`grpc_endpoint`) or HTTP (`http_endpoint`), and every
-    log record over HTTP (`<http_prefix>/v1/logs`; Loki's OTLP endpoint is `/otlp/v1/logs`)."""
+    log record over HTTP (`<http_prefix>/v1/logs`; Loki's OTLP endpoint is `/otlp/v1/logs`).
 
-    def __init__(self, http_prefix: str = "") -> None:
+    With `dump_dir`, every export request is also written there as it came (`read_dumps` decodes them
+    again): for a receiver that runs in another process, such as inside the cluster tier's network
+    namespace."""
+
+    def __init__(
+        self,
+        http_prefix: str = "",
+        host: str = "127.0.0.1",
+        grpc_port: int | None = None,
+        http_port: int | None = None,
+        dump_dir: Path | None = None,
+    ) -> None:
         self.spans: list[ReceivedSpan] = []
         self.logs: list[ReceivedLog] = []
         self.http_prefix = http_prefix
@@ -61,16 +74,41 @@ class OtlpReceiver:
         self._lock = threading.Lock()
         self._grpc: grpc.Server | None = None
         self._http: ThreadingHTTPServer | None = None
-        self.grpc_port = free_port()
-        self.http_port = free_port()
+        self.host = host
+        self.grpc_port = grpc_port or free_port()
+        self.http_port = http_port or free_port()
+        self.dump_dir = dump_dir
+        self._dumped = 0
 
     @property
     def grpc_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.grpc_port}"
+        return f"http://{self.host}:{self.grpc_port}"
 
     @property
     def http_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}/v1/traces"
+        return f"http://{self.host}:{self.http_port}/v1/traces"
+
+    def dump(self, kind: str, request) -> None:
+        """Write one export request to dump_dir as <n>.<kind>, renamed into place (never half-written)."""
+        if self.dump_dir is None:
+            return
+        with self._lock:
+            self._dumped += 1
+            name = f"{self._dumped:08d}.{kind}"
+        temporary = self.dump_dir / f".{name}.tmp"
+        temporary.write_bytes(request.SerializeToString())
+        os.rename(temporary, self.dump_dir / name)
+
+    @classmethod
+    def read_dumps(cls, dump_dir: Path) -> OtlpReceiver:
+        """A receiver (not started) holding every request dumped to `dump_dir`, in the order received."""
+        receiver = cls()
+        for path in sorted(dump_dir.glob("*.traces")) + sorted(dump_dir.glob("*.logs")):
+            if path.suffix == ".traces":
+                receiver.record(trace_service_pb2.ExportTraceServiceRequest.FromString(path.read_bytes()))
+            else:
+                receiver.record_logs(logs_service_pb2.ExportLogsServiceRequest.FromString(path.read_bytes()))
+        return receiver
 
     def record(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
         received = []
@@ -91,6 +129,7 @@ class OtlpReceiver:
                             end_ns=span.end_time_unix_nano,
                         )
                     )
+        self.dump("traces", request)
         with self._lock:
             self.requests += 1
             self.spans.extend(received)
@@ -112,6 +151,7 @@ class OtlpReceiver:
                             time_ns=log.time_unix_nano or log.observed_time_unix_nano,
                         )
                     )
+        self.dump("logs", request)
         with self._lock:
             self.requests += 1
             self.logs.extend(received)
@@ -134,7 +174,7 @@ class OtlpReceiver:
 
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), self._grpc)
-        self._grpc.add_insecure_port(f"127.0.0.1:{self.grpc_port}")
+        self._grpc.add_insecure_port(f"{self.host}:{self.grpc_port}")
         self._grpc.start()
 
         class Handler(BaseHTTPRequestHandler):
@@ -166,7 +206,7 @@ class OtlpReceiver:
             def log_message(self, *args):
                 pass
 
-        self._http = ThreadingHTTPServer(("127.0.0.1", self.http_port), Handler)
+        self._http = ThreadingHTTPServer((self.host, self.http_port), Handler)
         threading.Thread(target=self._http.serve_forever, daemon=True).start()
         return self
 

@@ -1,5 +1,6 @@
-"""The cluster tier: a real single-node Kubernetes (node.py), the service image built by `make build`, and
-the manifests applied as the README says."""
+"""The cluster tier: a real single-node Kubernetes (node.py), the part of the observability stack that can
+run here installed as `make cluster-up` installs it, the service image built by `make build`, and the
+manifests applied as the README says."""
 
 from __future__ import annotations
 
@@ -7,16 +8,25 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+import yaml
 from images import image_archive, images_env
-from node import BINARIES, PAUSE_IMAGE, Cluster, cluster_binary, stop_on_sigterm
+from node import BINARIES, NODE_IP, PAUSE_IMAGE, Cluster, cluster_binary, stop_on_sigterm
 from service_names import DEPLOYMENT, MANIFEST_IMAGE, NAMESPACE, SERVICE
 
-from helpers import REPO, poll_until
+from charts import cluster_releases, render
+from helpers import REPO, GiveUp, poll_until, tail
+from otlp_receiver import OtlpReceiver
 
 # The releases `make cluster-up` installs and their rendering (tests/deploy/deploy_files.py), shared.
 sys.path.insert(0, str(REPO / "tests" / "deploy"))
+
+HERE = Path(__file__).parent
+# One test-only values overlay per release that runs here (image names, pull policy, storage).
+OVERLAYS = HERE / "overlays"
+STAND_INS = HERE / "stand-ins.yaml"
 
 
 def pytest_collection_modifyitems(items):
@@ -42,6 +52,109 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         yield node
     finally:
         node.stop()
+
+
+@dataclass
+class Observability:
+    """The releases installed from our values (each with its overlay), and the test suite's OTLP receivers
+    at Loki's and Tempo's addresses."""
+
+    releases: list
+    received: Path
+    receivers: subprocess.Popen
+
+    def tempo(self) -> OtlpReceiver:
+        """Everything the collector has exported to Tempo's address so far."""
+        return OtlpReceiver.read_dumps(self.received / "tempo")
+
+    def loki(self) -> OtlpReceiver:
+        """Everything the collector has exported to Loki's address so far."""
+        return OtlpReceiver.read_dumps(self.received / "loki")
+
+
+def stand_in_ports() -> dict[str, int]:
+    """Service name -> the port its EndpointSlice sends to (stand-ins.yaml), checked to be the node IP."""
+    ports = {}
+    for doc in yaml.safe_load_all(STAND_INS.read_text()):
+        if doc["kind"] == "EndpointSlice":
+            assert [e["addresses"] for e in doc["endpoints"]] == [[NODE_IP]], doc["endpoints"]
+            ((port,),) = [[p["port"] for p in doc["ports"]]]
+            ports[doc["metadata"]["labels"]["kubernetes.io/service-name"]] = port
+    return ports
+
+
+def start_stand_ins(cluster: Cluster, received: Path) -> subprocess.Popen:
+    """stand_ins.py inside the node's network namespace, listening on the node IP."""
+    ports = stand_in_ports()
+    log = received.with_suffix(".log")
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [
+                *cluster.enter(),
+                sys.executable,
+                HERE / "stand_ins.py",
+                NODE_IP,
+                str(ports["loki"]),
+                str(ports["tempo"]),
+                received,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise GiveUp(f"stand_ins.py exited with {process.returncode}:\n{tail(log)}")
+        return (received / "ready").exists()
+
+    poll_until(ready, timeout=30, what="the OTLP receivers at Loki's and Tempo's addresses")
+    return process
+
+
+def images_of(objects: list[dict]) -> set[str]:
+    """Every container image a rendering runs."""
+    images = set()
+    for doc in objects:
+        pod = doc.get("spec", {}).get("template", {}).get("spec", {})
+        images |= {c["image"] for c in pod.get("containers", []) + pod.get("initContainers", [])}
+    return images
+
+
+@pytest.fixture(scope="session")
+def observability(cluster, helm, tmp_path_factory) -> Iterator[Observability]:
+    """What `make cluster-up` installs that can run here, in its order, from its chart renderings and our
+    values (plus each release's overlay): Prometheus and the collector DaemonSet. Loki's and Tempo's
+    addresses are the test suite's OTLP receivers, Prometheus' claim is bound to a directory of the node
+    (stand-ins.yaml). The images are imported first."""
+    releases = [r for r in cluster_releases().values() if (OVERLAYS / f"{r.name}.yaml").exists()]
+    received = tmp_path_factory.mktemp("observability") / "received"
+    receivers = start_stand_ins(cluster, received)
+    try:
+        cluster.kubectl("create", "namespace", "observability")
+        for doc in yaml.safe_load_all(STAND_INS.read_text()):
+            if doc["kind"] == "PersistentVolume":  # Prometheus' (the chart's pod runs as nobody)
+                cluster.in_netns(
+                    "install", "-d", "-o", "65534", "-g", "65534", doc["spec"]["hostPath"]["path"]
+                )
+        # Server-side: no last-applied annotation, which the charts' dry runs (test_cluster.py) would take
+        # for objects of their own to migrate.
+        cluster.kubectl("apply", "--server-side", "-f", STAND_INS)
+        for release in releases:
+            overlay = OVERLAYS / f"{release.name}.yaml"
+            for image in sorted(images_of(render(release, helm, "--values", overlay))):
+                assert image.startswith("localhost/"), f"{release.name} runs {image}: not built here"
+                archive = received.parent / "image.tar"
+                cluster.import_image(image_archive(image, archive))
+                archive.unlink()
+            try:
+                cluster.install_release(helm, release, overlay)
+            except AssertionError as exc:
+                described = cluster.kubectl("-n", release.namespace, "describe", "pods", check=False).stdout
+                raise AssertionError(f"{exc}\n{described[-6000:]}\n{cluster.logs(20)}") from None
+        yield Observability(releases, received, receivers)
+    finally:
+        receivers.terminate()
+        receivers.wait(30)
 
 
 @dataclass(frozen=True)
@@ -80,9 +193,10 @@ def service_image(cluster, models_home, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def deployed(cluster, service_image) -> Deployed:
-    """The manifests applied as docs/deployment.md says (the Secret first), rolled out, and scaled by the
-    HPA to its minReplicas, all Ready: where every test starts from."""
+def deployed(cluster, observability, service_image) -> Deployed:
+    """The manifests applied as docs/deployment.md says (after `make cluster-up`'s stack, the Secret
+    first), rolled out, and scaled by the HPA to its minReplicas, all Ready: where every test starts
+    from."""
     kubectl = cluster.kubectl
     kubectl("apply", "-f", REPO / "manifests" / "00-namespace.yaml")
     secret = ["create", "secret", "generic", "newsgroups-classifier-feedback"]

@@ -5,8 +5,14 @@
 #          cannot be pulled here: Debian bookworm's python3 (3.11) and pip from Debian's packages
 #          (mmdebstrap), under the name the Dockerfile's FROM resolves to
 #   pause  the pod sandbox image: ./pause (a static Go program) in an image of its own
+#   otelcol, prometheus
+#          the observability stack's images, FROM scratch: the OpenTelemetry Collector and Prometheus
+#          binaries `make stack-bin` builds (tests/e2e/stack/build.sh), at the path and with the
+#          entrypoint the charts expect (the collector as /otelcol-k8s, the command its values name;
+#          Prometheus as /bin/prometheus, the official image's entrypoint), under the names the test-only
+#          values overlays use (tests/cluster/overlays/)
 #
-#   tests/cluster/images.sh                       make what is missing
+#   tests/cluster/images.sh [IMAGE...]            make what is missing (default: base pause)
 #   tests/cluster/images.sh --env                 print the environment `bentoml containerize --backend
 #                                                 buildah` builds with (see below)
 #   tests/cluster/images.sh --archive IMAGE FILE:NAME  write IMAGE as a docker archive named NAME (what
@@ -22,6 +28,9 @@ set -euo pipefail
 
 BASE_IMAGE=docker.io/library/python:3.11-slim
 PAUSE_IMAGE=registry.k8s.io/pause:3.10
+# The tags say which release each binary is (tests/e2e/stack/otelcol/builder.yaml, helm-config/charts.env).
+OTELCOL_IMAGE=localhost/newsgroups-observability/opentelemetry-collector:0.165.0
+PROMETHEUS_IMAGE=localhost/newsgroups-observability/prometheus:v3.14.0
 SUITE=bookworm
 # Pinned: the service's Python and pip. The rest is what the suite's minbase variant installs.
 BASE_PACKAGES=(python3=3.11.2-1+b1 python3-pip=23.0.1+dfsg-1 ca-certificates)
@@ -119,7 +128,40 @@ make_pause() {
 	' make-pause "$tmp/pause" "$key" "$PAUSE_IMAGE"
 }
 
+# make_binary_image IMAGE BINARY PATH: BINARY at PATH, FROM scratch, PATH the entrypoint.
+make_binary_image() {
+	local key
+	key=$(key_of "$2" "$0")
+	if current "$1" "$key"; then
+		echo "images.sh: $1: up to date"
+		return
+	fi
+	echo "images.sh: $1: making it from $2"
+	isolated bash -euo pipefail -c '
+		ctr=$(buildah from scratch)
+		buildah copy --quiet "$ctr" "$2" "$3"
+		buildah config --entrypoint "[\"$3\"]" --annotation "newsgroups.key=$4" "$ctr"
+		buildah commit --quiet --rm "$ctr" "$1" >/dev/null
+	' make-binary-image "$1" "$2" "$3" "$key"
+}
+
+stack_binary() { # the path of a binary `make stack-bin` builds, or fail
+	local path
+	path=$(bash "$here/../e2e/stack/build.sh" --print-path "$1")
+	[ -x "$path" ] || { echo "images.sh: $1 is not built ($path): run \`make stack-bin\`" >&2; exit 1; }
+	echo "$path"
+}
+
+images=("$@")
+[ $# -gt 0 ] || images=(base pause)
 start=$(date +%s)
-make_base
-make_pause
+for image in "${images[@]}"; do
+	case $image in
+	base) make_base ;;
+	pause) make_pause ;;
+	otelcol) make_binary_image "$OTELCOL_IMAGE" "$(stack_binary otelcol)" /otelcol-k8s ;;
+	prometheus) make_binary_image "$PROMETHEUS_IMAGE" "$(stack_binary prometheus)" /bin/prometheus ;;
+	*) echo "images.sh: unknown image '$image' (base, pause, otelcol, prometheus)" >&2; exit 1 ;;
+	esac
+done
 echo "images.sh: done in $(($(date +%s) - start)) s"

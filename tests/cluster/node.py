@@ -448,8 +448,9 @@ class Cluster:
         self.in_netns("ctr", "--namespace", "k8s.io", "images", "import", archive, timeout=600)
 
     def install_release(self, helm: Path, release, *overlays: Path, timeout: str = "5m") -> None:
-        """`helm upgrade --install` of a deploy_files.Release from its packaged chart with our values,
-        then each test-only values overlay (image names, pull policy, storage)."""
+        """`helm upgrade --install` of a deploy_files.Release as `make cluster-up` runs it (its packaged
+        chart, our values, its --set options), then each test-only values overlay (image names, pull
+        policy, storage)."""
         values = [arg for path in (release.values_path, *overlays) for arg in ("--values", path)]
         self.helm(
             helm,
@@ -461,9 +462,11 @@ class Cluster:
             release.namespace,
             "--create-namespace",
             *values,
+            *release.settings,
             "--wait",
             "--timeout",
             timeout,
+            timeout=600,
         )
 
     def logs(self, lines: int = 40) -> str:

@@ -1,6 +1,8 @@
-"""The service as manifests/ deploys it: names the cluster tests look it up by."""
+"""The service as manifests/ deploys it: names the cluster tests look it up by, and its pods."""
 
 from __future__ import annotations
+
+import json
 
 import yaml
 
@@ -13,3 +15,19 @@ DEPLOYMENT = f"deployment/{SERVICE}"
 MANIFEST_IMAGE = yaml.safe_load((REPO / "manifests" / "deployment.yaml").read_text())["spec"]["template"][
     "spec"
 ]["containers"][0]["image"]
+
+
+def pods(cluster) -> list[dict]:
+    listed = cluster.kubectl(
+        "-n", NAMESPACE, "get", "pods", "-l", f"app.kubernetes.io/name={SERVICE}", "-o", "json"
+    )
+    return json.loads(listed.stdout)["items"]
+
+
+def ready_pods(cluster) -> list[dict]:
+    def ready(pod):
+        return any(
+            c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", [])
+        )
+
+    return [pod for pod in pods(cluster) if ready(pod) and not pod["metadata"].get("deletionTimestamp")]

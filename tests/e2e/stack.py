@@ -125,11 +125,13 @@ COLLECTOR_ENV = {
     "OTEL_K8S_NODE_IP": "127.0.0.1",
     "OTEL_K8S_POD_NAME": "opentelemetry-collector-agent-e2e",
     "OTEL_K8S_POD_IP": "127.0.0.1",
+    "K8S_NODE_NAME": "e2e-node",
+    "K8S_NODE_IP": "127.0.0.1",
 }
-# The one processor of the shipped configuration the e2e build lacks: k8s_attributes cannot be obtained at
-# 0.165 here (tests/e2e/stack/otelcol/builder.yaml), and it asks a Kubernetes API server, which this
-# stack has none of. The pod's metadata the labels need comes from the log file's path instead.
-NOT_BUILT = {"k8s_attributes"}
+# The processor of the shipped configuration that needs a Kubernetes API server (it asks it for each pod's
+# metadata), which this stack has none of: left out here, run in the cluster tier (tests/cluster). The
+# pod's metadata the labels need comes from the log file's path instead.
+NEEDS_API_SERVER = {"k8s_attributes"}
 
 
 def collector_config(helm: Path, **make_variables: str) -> dict:
@@ -143,8 +145,8 @@ def collector_config(helm: Path, **make_variables: str) -> dict:
     return yaml.safe_load(configmap["data"]["relay"])
 
 
-def without_unbuilt(config: dict) -> dict:
-    for name in NOT_BUILT:
+def without_api_server(config: dict) -> dict:
+    for name in NEEDS_API_SERVER:
         config["processors"].pop(name, None)
         for pipeline in config["service"]["pipelines"].values():
             pipeline["processors"] = [p for p in pipeline["processors"] if p != name]
@@ -155,7 +157,7 @@ def collector(
     workdir: Path, helm: Path, pod_logs: Path, tempo: OtlpReceiver, loki: OtlpReceiver, prometheus_port: int
 ) -> Program:
     """The collector running the shipped configuration: hosts, ports and the pods' log folder rewritten."""
-    config = without_unbuilt(collector_config(helm))
+    config = without_api_server(collector_config(helm))
     health, grpc, http, telemetry = free_port(), free_port(), free_port(), free_port()
     receivers, exporters = config["receivers"], config["exporters"]
     receivers["otlp"]["protocols"]["grpc"]["endpoint"] = f"127.0.0.1:{grpc}"

@@ -24,19 +24,13 @@ import stack as st
 import yaml
 from loki_contract import select
 
+from dashboards import DATASOURCES, dashboard_targets, exemplar_selectors, grafana_variables, provisioned
 from helpers import REPO, poll_until
 
-GRAFANA = yaml.safe_load((REPO / "helm-config" / "grafana" / "values.yaml").read_text())
-DATASOURCES = {d["uid"]: d for d in GRAFANA["datasources"]["datasources.yaml"]["datasources"]}
 # Series that exist only in a cluster: the kubelet's cAdvisor.
 CLUSTER_ONLY_METRICS = ("container_cpu_usage_seconds_total", "container_memory_working_set_bytes")
 INFERENCE_STEPS = {"inference", "preprocess", "vectorize", "predict", "postprocess"}
 PREDICTIONS_LOGGER = "newsgroups_classifier.predictions"
-
-
-def provisioned(text: str) -> str:
-    """A string from a provisioning file as Grafana sees it: `$$` escapes a literal `$`."""
-    return text.replace("$$", "$")
 
 
 def traceparent(trace_id: str) -> dict[str, str]:
@@ -101,17 +95,17 @@ def test_1_every_program_reports_ready(stack):
 
 @pytest.mark.parametrize("log_agent", ["opentelemetry-collector", "promtail"])
 def test_1_the_built_collector_accepts_the_shipped_configuration(helm, otelcol, tmp_path, log_agent):
-    """Every component of the rendered configuration (either log agent's variant) is in the e2e build under
-    the same name, but k8s_attributes (st.NOT_BUILT), and the collector validates the configuration."""
+    """Every component of the rendered configuration (either log agent's variant) is in the build under the
+    same name, and the collector validates the configuration."""
     config = st.collector_config(helm, LOG_AGENT=log_agent)
     listed = yaml.safe_load(subprocess.run([otelcol, "components"], capture_output=True, check=True).stdout)
     kinds = ("receivers", "processors", "exporters", "connectors", "extensions")
     built = {kind: {component["name"] for component in listed[kind] or []} for kind in kinds}
     for kind, names in built.items():
         used = {name.split("/")[0] for name in config.get(kind) or {}}
-        assert used - names <= st.NOT_BUILT, f"{kind} not in the build: {used - names}"
+        assert used <= names, f"{kind} not in the build: {used - names}"
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(st.without_unbuilt(config)))
+    path.write_text(yaml.safe_dump(config))
     result = subprocess.run(
         [otelcol, "validate", f"--config={path}"], capture_output=True, text=True, env=st.COLLECTOR_ENV
     )
@@ -251,22 +245,11 @@ def test_7_prometheus_has_the_span_metrics_with_exemplars_of_the_requests(stack,
     )
 
 
-def dashboard_targets() -> list[tuple[str, str, dict]]:
-    targets = []
-    for path in sorted((REPO / "dashboards").glob("*.json")):
-        for panel in json.loads(path.read_text())["panels"]:
-            for target in panel.get("targets", []):
-                uid = (target.get("datasource") or panel.get("datasource"))["uid"]
-                targets.append((f"{path.name}: {panel['title']}", uid, target))
-    return targets
-
-
 def test_7_the_latency_exemplars_the_dashboards_show_link_to_the_requests(stack, traffic):
     wanted = {r["trace_id"] for r in traffic}
-    panels = [(where, target) for where, _, target in dashboard_targets() if target.get("exemplar")]
+    panels = exemplar_selectors()
     assert panels, "no dashboard panel shows exemplars"
-    for where, target in panels:
-        selectors = re.findall(r"\b(\w+_bucket\{[^}]*\})", grafana_variables(target["expr"]))
+    for where, selectors in panels:
         assert selectors, where
         for selector in selectors:
             trace_ids = {e["labels"].get("trace_id") for e in exemplars(stack, selector)}
@@ -280,19 +263,6 @@ def test_8_the_traces_to_metrics_queries_return_data(stack, traffic):
     for query in tempo["queries"]:
         expr = provisioned(query["query"]).replace("$__tags", tags)
         assert poll_until(lambda expr=expr: promql(stack, expr), timeout=60, what=expr), query["name"]
-
-
-def grafana_variables(query: str) -> str:
-    """Fill in what Grafana fills in: dashboard variables (all values) and its interval macros."""
-    for name, value in {
-        "$model_version": ".*",
-        "$__rate_interval": "1m",
-        "$__interval": "1m",
-        "$__range": "15m",
-        "$__auto": "1m",
-    }.items():
-        query = query.replace(name, value)
-    return query
 
 
 def queries_without_data(stack) -> list[str]:
