@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from helpers import REPO, poll_until, tail
+from helpers import REPO, poll_until, stop_process, tail
 
 NODE_NAME = "node"
 NODE_IP = "10.200.0.1"
@@ -703,13 +703,8 @@ class Cluster:
 
     def terminate(self, name: str, timeout: float = 30) -> None:
         for component in self.components:
-            if component.name == name and component.process.poll() is None:
-                component.process.send_signal(signal.SIGTERM)
-                try:
-                    component.process.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    component.process.kill()
-                    component.process.wait()
+            if component.name == name:
+                stop_process(component.process, timeout)
 
     def leftovers(self) -> list[str]:
         left = []

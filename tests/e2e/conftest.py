@@ -26,14 +26,6 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.e2e)
 
 
-def loki_index_attributes() -> list[str]:
-    """The resource attributes Loki's OTLP endpoint indexes as labels (helm-config/loki/values.yaml)."""
-    loki = st.values("loki")["loki"]["limits_config"]["otlp_config"]["resource_attributes"]
-    return [
-        a for rule in loki["attributes_config"] if rule["action"] == "index_label" for a in rule["attributes"]
-    ]
-
-
 @dataclass
 class Stack:
     tempo: OtlpReceiver  # at Tempo's OTLP gRPC address: the collector's trace export (contract)
