@@ -88,14 +88,7 @@ class PredictionTelemetry:
         requests = requests_of(call.items)
         observed = self._guarded("metrics", self._observe, endpoint, len(requests), call)
         for request in requests:
-            span = self._guarded(
-                "spans",
-                record_inference,
-                self.tracer,
-                request.context,
-                call.timer,
-                self._attributes(call, request),
-            )
+            span = self._guarded("spans", self._spans, call, request)
             self._guarded("events", self._log_events, endpoint, call, request, span, observed)
 
     def failed(self, items: Sequence[Item], timer: StepTimer) -> None:
@@ -105,7 +98,7 @@ class PredictionTelemetry:
                 "spans", record_inference, self.tracer, request.context, timer, self.model_attributes
             )
 
-    def _attributes(self, call: ModelCall, request: Request) -> dict:
+    def _spans(self, call: ModelCall, request: Request) -> trace.Span | None:
         attributes = {
             **self.model_attributes,
             "batch.size": len(call.items),
@@ -115,7 +108,7 @@ class PredictionTelemetry:
             prediction = call.predictions[request.indices[0]]
             attributes["prediction.label"] = prediction.label
             attributes["prediction.confidence"] = prediction.confidence
-        return attributes
+        return record_inference(self.tracer, request.context, call.timer, attributes)
 
     def _observe(self, endpoint: str, request_count: int, call: ModelCall) -> Signals:
         observed = signals([len(tokens) for tokens in call.tokens], call.known, call.probabilities)
