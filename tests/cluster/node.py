@@ -212,47 +212,23 @@ def make_pki(pki: Path) -> None:
     pki.mkdir(parents=True)
     config = pki / "openssl.cnf"
     config.write_text(OPENSSL_CONFIG)
-    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    env = {**os.environ, "SAN": "DNS:ca"}
-    ca = ["-CA", str(pki / "ca.crt"), "-CAkey", str(pki / "ca.key")]
-    openssl(
-        "req",
-        "-x509",
-        *key,
-        "-config",
-        str(config),
-        "-extensions",
-        "ca",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=newsgroups-cluster-ca",
-        "-keyout",
-        str(pki / "ca.key"),
-        "-out",
-        str(pki / "ca.crt"),
-        env=env,
-    )
-    for name, (subject, sans) in CERTIFICATES.items():
+
+    def certificate(name: str, subject: str, sans: str, extension: str, *signer: str) -> None:
+        """A self-signed certificate (the CA) or one `signer` signs, with its new EC key, for 2 days."""
         openssl(
             "req",
             "-x509",
-            *key,
-            *ca,
-            "-config",
-            str(config),
-            "-extensions",
-            "leaf",
-            "-days",
-            "2",
-            "-subj",
-            subject,
-            "-keyout",
-            str(pki / f"{name}.key"),
-            "-out",
-            str(pki / f"{name}.crt"),
-            env={**env, "SAN": sans},
+            *("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"),
+            *signer,
+            *("-config", str(config), "-extensions", extension, "-days", "2", "-subj", subject),
+            *("-keyout", str(pki / f"{name}.key"), "-out", str(pki / f"{name}.crt")),
+            env={**os.environ, "SAN": sans},
         )
+
+    certificate("ca", "/CN=newsgroups-cluster-ca", "DNS:ca", "ca")
+    signed_by_ca = ("-CA", str(pki / "ca.crt"), "-CAkey", str(pki / "ca.key"))
+    for name, (subject, sans) in CERTIFICATES.items():
+        certificate(name, subject, sans, "leaf", *signed_by_ca)
     openssl("genpkey", "-algorithm", "RSA", "-out", str(pki / "service-account.key"))
     openssl(
         "pkey", "-in", str(pki / "service-account.key"), "-pubout", "-out", str(pki / "service-account.pub")
