@@ -168,13 +168,17 @@ def test_4_the_derived_fields_find_exactly_the_trace_id(stack, traffic):
 
 
 def exported_trace(stack, trace_id: str) -> list:
-    return poll_until(
-        lambda: (
-            (spans := stack.tempo.trace(trace_id)) and INFERENCE_STEPS <= {x.name for x in spans} and spans
-        ),
-        timeout=30,
-        what=f"the spans of {trace_id}",
-    )
+    """The trace once its inference spans and the server span above them are in (the server span ends
+    last, so it can come in a later export)."""
+
+    def complete() -> list:
+        spans = stack.tempo.trace(trace_id)
+        ids = {span.span_id for span in spans}
+        inference = [span for span in spans if span.name == "inference"]
+        steps = INFERENCE_STEPS <= {x.name for x in spans}
+        return spans if steps and inference and inference[0].parent_span_id in ids else []
+
+    return poll_until(complete, timeout=30, what=f"the server and inference spans of {trace_id}")
 
 
 def test_5_contract_tempo_gets_the_trace_with_server_and_inference_spans(stack, traffic):

@@ -22,14 +22,21 @@ def traced_request(url: str, sampled: bool = True) -> tuple[str, str]:
     return trace_id, parent_id
 
 
+def whole_trace(receiver, trace_id: str, parent_id: str) -> list:
+    """The trace's spans once the server span (child of the caller's) and every inference step are in:
+    they can come in different exports, the server span ending last."""
+
+    def complete() -> list:
+        spans = receiver.trace(trace_id)
+        names = {span.name for span in spans}
+        has_server = any(span.parent_span_id == parent_id for span in spans)
+        return spans if has_server and names >= {"inference", *INFERENCE_STEPS} else []
+
+    return poll_until(complete, timeout=20, what=f"the server and inference spans of trace {trace_id}")
+
+
 def assert_inference_trace(receiver, trace_id: str, parent_id: str, model_version: str) -> None:
-    spans = poll_until(
-        lambda: (
-            (s := receiver.trace(trace_id)) and {x.name for x in s} >= {"inference", *INFERENCE_STEPS} and s
-        ),
-        timeout=20,
-        what=f"spans of trace {trace_id}",
-    )
+    spans = whole_trace(receiver, trace_id, parent_id)
     by_name = {span.name: span for span in spans}
     server = next(span for span in spans if span.parent_span_id == parent_id)  # continues the caller's trace
     # The server span with BentoML's ASGI send/receive spans below it, and the inference steps.
@@ -103,11 +110,7 @@ def test_each_request_of_an_adaptive_batch_keeps_its_own_trace(grpc_service, rec
     with ThreadPoolExecutor(8) as pool:
         sent = list(pool.map(send, range(16)))
     for trace_id, parent_id in sent:
-        spans = poll_until(
-            lambda t=trace_id: (s := receiver.trace(t)) and "postprocess" in {x.name for x in s} and s,
-            timeout=20,
-            what=f"the batch trace {trace_id}",
-        )
+        spans = whole_trace(receiver, trace_id, parent_id)
         server = next(span for span in spans if span.parent_span_id == parent_id)
         inference = next(span for span in spans if span.name == "inference")
         assert inference.parent_span_id == server.span_id
