@@ -48,11 +48,12 @@ from workload import (
 )
 
 from helpers import GiveUp, free_port, poll_until, start_server, tail
+from newsgroups_classifier.local_config import shipped_service_env
 from otlp_receiver import OtlpReceiver
 
 HERE = Path(__file__).parent
 WRK_SCRIPT = HERE / "wrk_bodies.lua"
-MODEL_BATCH = 64  # MAX_BATCH_SIZE shipped in the ConfigMap: the largest batch one request may carry
+MODEL_BATCH = int(shipped_service_env()["MAX_BATCH_SIZE"])  # the largest batch one request may carry
 SERVER_ATTRIBUTE = "benchmark.server"  # resource attribute telling the receiver which server sent a span
 EXPORT_DELAY = 6  # seconds: BatchSpanProcessor exports every 5 s
 VARIANTS = "service_variants:Variant"  # load_testing/service_variants.py

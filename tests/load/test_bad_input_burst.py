@@ -12,9 +12,11 @@ import requests
 from load_driver import Load, Outcome, Request, describe, labels, predictions, send, started_between
 
 from helpers import poll_until, scrape, start_server, value
+from newsgroups_classifier.local_config import shipped_service_env
 
-LIMIT = 1024 * 1024  # MAX_BODY_BYTES shipped in the ConfigMap
-MAX_BATCH = 64  # MAX_BATCH_SIZE shipped in the ConfigMap
+SHIPPED = shipped_service_env()
+LIMIT = int(SHIPPED["MAX_BODY_BYTES"])
+MAX_BATCH = int(SHIPPED["MAX_BATCH_SIZE"])
 REPEATS = 20  # of each case
 BURST_THREADS = 16
 CLIENTS = 4

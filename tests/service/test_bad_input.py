@@ -8,7 +8,9 @@ import pytest
 import requests
 from test_metrics import scrape, value
 
-LIMIT = 1024 * 1024  # the default MAX_BODY_BYTES shipped in the ConfigMap
+from newsgroups_classifier.local_config import shipped_service_env
+
+LIMIT = int(shipped_service_env()["MAX_BODY_BYTES"])
 GOOD = "The Yankees need a better pitcher this season"
 
 CASES = {

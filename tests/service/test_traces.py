@@ -9,6 +9,7 @@ import pytest
 import requests
 
 from helpers import poll_until, start_server
+from newsgroups_classifier.local_config import shipped_service_env
 
 INFERENCE_STEPS = ("preprocess", "vectorize", "predict", "postprocess")
 TEXT = "My motorcycle needs a new chain and the dealer wants too much for it"
@@ -64,7 +65,8 @@ def assert_inference_trace(receiver, trace_id: str, parent_id: str, model_versio
     assert inference.attributes["input.length"] == len(TEXT)
     assert inference.resource["service.name"] == "newsgroups-classifier"
     assert inference.resource["service.version"] == model_version
-    assert inference.resource["deployment.environment.name"] == "demo"  # from the shipped ConfigMap
+    environment = shipped_service_env()["DEPLOYMENT_ENVIRONMENT"]
+    assert inference.resource["deployment.environment.name"] == environment
 
 
 @pytest.mark.parametrize("transport", ["grpc", "http"])
