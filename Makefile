@@ -188,9 +188,10 @@ port-forward: ## Grafana on localhost:3001, Prometheus on :9090, the service on 
 	$(KUBECTL) -n $(SERVICE_NAMESPACE) port-forward svc/newsgroups-classifier $(PORT):3000 & \
 	wait
 
+# Promtail is uninstalled too, whichever LOG_AGENT the cluster was brought up with.
 cluster-down: ## Remove the service, every release, their volumes and both namespaces
 	-$(KUBECTL) delete -f manifests/ --ignore-not-found
-	-$(HELM) uninstall --namespace $(OBSERVABILITY_NAMESPACE) $(RELEASES)
+	-$(HELM) uninstall --namespace $(OBSERVABILITY_NAMESPACE) --ignore-not-found $(sort $(RELEASES) promtail)
 	-$(KUBECTL) delete namespace $(OBSERVABILITY_NAMESPACE) --ignore-not-found
 
 deploy-tools: ## Build the pinned Go tools `make validate` needs (kube-score, Pod Security checker, helm), cached
