@@ -43,6 +43,7 @@ def poll_until(
             result = check()
             if result:
                 return result
+            last_error = None  # the latest try failed without an error: report that, not an older one
         except GiveUp:
             raise
         except Exception as exc:  # the thing polled may not be up yet
@@ -181,11 +182,18 @@ def start_server(
                 command, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=home, start_new_session=True
             )
     server = Server(home=home, port=port, log_path=log_path, process=process, env=full_env)
+    workers = int(full_env["WORKERS"])
+
+    def all_workers_up() -> bool:
+        # /readyz answers once one worker is up; a test starts when all are (until then, a starting
+        # worker's plain-text lines could land inside another's long JSON line on a pipe).
+        initialized = [line for line in server.log_lines() if "Service " in line and " initialized" in line]
+        return workers == 1 or len(initialized) >= workers
 
     def ready() -> bool:
         if process.poll() is not None:
             raise GiveUp(f"bentoml serve exited with {process.returncode}:\n{tail(log_path)}")
-        return requests.get(f"{server.url}/readyz", timeout=2).status_code == 200
+        return requests.get(f"{server.url}/readyz", timeout=2).status_code == 200 and all_workers_up()
 
     try:
         poll_until(ready, timeout=timeout, what="the service to be ready")
