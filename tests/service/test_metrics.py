@@ -99,11 +99,11 @@ def test_counts_move_by_exactly_the_requests_made_with_two_workers(service):
         labels = {"endpoint": "/predict", "http_response_code": status}
         assert value(after, family, **labels) - value(before, family, **labels) == count, (family, status)
     assert value(after, "bentoml_service_request_in_progress", endpoint="/predict") == 0
-    # Both workers served: their pids appear in the multiprocess files, and the sums above span both.
-    pids = {
+    # The service runs two workers (each logged its start), so the sums above are merged across processes.
+    started = {
         line for line in service.log_lines() if '"logger":"bentoml.serve"' in line and "initialized" in line
     }
-    assert len(pids) >= 2
+    assert len(started) >= 2
 
 
 def test_restarting_another_instance_wipes_nothing(service, models_home, tmp_path):
