@@ -25,7 +25,7 @@ include helm-config/charts.env
 
 .PHONY: help setup train serve test unit lint format validate stack-bin e2e loadtest bench bench-tools export-feedback \
 	build cluster-up deploy dashboards port-forward cluster-down clean cluster-bin cluster-packages cluster-images \
-	stack-images cluster-test
+	stack-images cluster-test deploy-tools
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -48,8 +48,8 @@ serve: ## Serve on 127.0.0.1:3000 (PORT=... to change), training first if there 
 test: lint stack-bin deploy-tools cluster-bin cluster-images stack-images ## Lint, validate the deployment files, run every test including the end-to-end and cluster tiers
 	$(PY) -m pytest
 
-unit: ## The in-process tests: no server, no built binary (about a minute, on a fresh machine)
-	$(PY) -m pytest -m unit
+unit: ## The in-process tests (tests/unit: no server, no process, nothing built; about 30 s)
+	$(PY) -m pytest tests/unit
 
 lint: ## ruff lint and format check
 	$(VENV)/bin/ruff check src tests load_testing
@@ -84,10 +84,10 @@ e2e: stack-bin deploy-tools ## End to end against the real collector and Prometh
 	$(PY) -m pytest tests/e2e
 
 loadtest: ## Locust, headless, against a local service, with pass/fail thresholds
-	$(PY) load_testing/run_loadtest.py
+	PYTHONPATH=tests $(PY) load_testing/run_loadtest.py
 
 bench: bench-tools ## Side by side: ours against FastAPI (plain, same telemetry), telemetry costs, speed levers
-	$(PY) load_testing/benchmark.py
+	PYTHONPATH=tests $(PY) load_testing/benchmark.py
 
 bench-tools: ## Install the benchmark's load generator from Debian's packages: wrk at WRK_VERSION
 	@dpkg-query -W -f='$${Version}' wrk 2>/dev/null | grep -qxF '$(WRK_VERSION)' \

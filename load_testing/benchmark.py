@@ -1,7 +1,8 @@
 """Side-by-side benchmark (`make bench`): our service against the FastAPI app a user would write
 instead (plain, and with the same telemetry), what our telemetry costs, and the levers that move our
-speed (async or sync API methods, workers, batching's max latency, sampling), on the same machine and
-the same documents (the test split).
+speed (workers, sampling), on the same machine and
+the same documents (the test split). Every lever is the shipped service with one setting changed
+(environment or BentoML configuration).
 
 Every server gets the same closed-loop load from wrk (one thread, JSON bodies cycled by
 load_testing/wrk_bodies.lua). The run goes in rounds: each round measures every target once, in a
@@ -36,7 +37,12 @@ from pathlib import Path
 import numpy as np
 import psutil
 import requests
-from workload import (
+
+from newsgroups_classifier.local_config import shipped_service_env
+from support.otlp_receiver import OtlpReceiver
+from support.processes import GiveUp, free_port, poll_until, tail
+from support.service_process import start_server
+from support.workload import (
     REPO,
     REPORTS,
     MemorySampler,
@@ -47,23 +53,18 @@ from workload import (
     use_project_defaults,
 )
 
-from helpers import GiveUp, free_port, poll_until, start_server, tail
-from newsgroups_classifier.local_config import shipped_service_env
-from otlp_receiver import OtlpReceiver
-
 HERE = Path(__file__).parent
 WRK_SCRIPT = HERE / "wrk_bodies.lua"
 MODEL_BATCH = int(shipped_service_env()["MAX_BATCH_SIZE"])  # the largest batch one request may carry
 SERVER_ATTRIBUTE = "benchmark.server"  # resource attribute telling the receiver which server sent a span
 EXPORT_DELAY = 6  # seconds: BatchSpanProcessor exports every 5 s
-VARIANTS = "service_variants:Variant"  # load_testing/service_variants.py
 
 
 @dataclass(frozen=True)
 class Server:
-    """One server of the run: ours (the shipped service or a variant) or a FastAPI app."""
+    """One server of the run: ours (the shipped service with some settings) or a FastAPI app."""
 
-    kind: str  # "ours", "variant" or "fastapi"
+    kind: str  # "ours" or "fastapi"
     sample_rate: float = 1.0
     env: dict = field(default_factory=dict)
     overrides: dict | None = None  # merged into our BentoML configuration
@@ -85,10 +86,7 @@ SERVERS = {
     "full": Server("ours"),
     "tenth": Server("ours", 0.1),
     "no-traces": Server("ours", 0.0),
-    "sync-predict": Server("variant", env={"BENCH_PREDICT": "sync"}),
-    "async-batch": Server("variant", env={"BENCH_BATCH": "async"}),
     "two-workers": Server("ours", env={"WORKERS": "2"}),
-    "latency-100ms": Server("variant", env={"BENCH_MAX_LATENCY_MS": "100"}),
 }
 TRACED = [name for name, server in SERVERS.items() if server.sample_rate > 0]
 
@@ -110,10 +108,7 @@ TARGETS = [
     Target("ours, as shipped, adaptive batching", "full", BATCHED),
     Target("ours, 10% sampling", "tenth", SINGLE),
     Target("ours, metrics and logs, no traces", "no-traces", SINGLE),
-    Target("ours, sync /predict (in BentoML's thread)", "sync-predict", SINGLE),
-    Target("ours, async /predict_batch (on the event loop)", "async-batch", BATCHED),
     Target("ours, 2 workers", "two-workers", SINGLE),
-    Target("ours, adaptive batching, max latency 100 ms", "latency-100ms", BATCHED),
 ]
 LABEL = {(target.server, target.path): target.label for target in TARGETS}
 AA_CONTROL = "A/A control: a second telemetry-off server / telemetry off"
@@ -129,10 +124,7 @@ RATIOS = {
     "full telemetry / telemetry off": (("full", SINGLE), ("off", SINGLE)),
     "10% sampling / telemetry off": (("tenth", SINGLE), ("off", SINGLE)),
     "metrics and logs, no traces / telemetry off": (("no-traces", SINGLE), ("off", SINGLE)),
-    "lever: async / sync /predict": (("full", SINGLE), ("sync-predict", SINGLE)),
-    "lever: async / sync /predict_batch": (("async-batch", BATCHED), ("full", BATCHED)),
     "lever: 2 workers / 1": (("two-workers", SINGLE), ("full", SINGLE)),
-    "lever: max latency 100 ms / 1000 ms, adaptive batching": (("latency-100ms", BATCHED), ("full", BATCHED)),
     "lever: 10% / full sampling": (("tenth", SINGLE), ("full", SINGLE)),
 }
 
@@ -229,7 +221,6 @@ def start_fastapi(
 
 
 def start_ours(name: str, server: Server, workdir: Path, receiver: Receiver) -> Running:
-    variant = {"service": VARIANTS, "working_dir": HERE} if server.kind == "variant" else {}
     running = start_server(
         models_home(),
         workdir / name,
@@ -238,7 +229,6 @@ def start_ours(name: str, server: Server, workdir: Path, receiver: Receiver) -> 
         server.sample_rate,
         env={"OTEL_RESOURCE_ATTRIBUTES": f"{SERVER_ATTRIBUTE}={name}", **server.env},
         config_overrides=server.overrides,
-        **variant,
     )
     return Running(running.url, running.process.pid, running.stop)
 

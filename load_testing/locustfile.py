@@ -15,13 +15,14 @@ from dataclasses import dataclass
 
 from locust import FastHttpUser, between, events, task
 from locust.env import Environment
-from workload import documents, use_project_defaults
 
 from newsgroups_classifier.config import Settings
+from newsgroups_classifier.local_config import shipped_service_env
+from support.workload import documents, use_project_defaults
 
 use_project_defaults()
 DOCS = documents()
-LIMITS = Settings()  # the service's input limits (MAX_BODY_BYTES, MAX_BATCH_SIZE), as shipped by default
+LIMITS = Settings(**shipped_service_env())  # the input limits (MAX_BODY_BYTES, ...) the ConfigMap ships
 BAD_INPUT = "bad input: "  # name prefix of the requests that must be rejected
 logger = logging.getLogger("loadtest")
 

@@ -15,10 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from workload import REPO, REPORTS, MemorySampler, ensure_model, models_home, use_project_defaults
-
-from helpers import start_server
-from otlp_receiver import OtlpReceiver
+from support.otlp_receiver import OtlpReceiver
+from support.service_process import start_server
+from support.workload import REPO, REPORTS, MemorySampler, ensure_model, models_home, use_project_defaults
 
 CONFIG = Path(__file__).with_name("locust.conf")
 REPORT_PREFIX = REPORTS / "loadtest"

@@ -8,32 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ARCHIVE, Server, built_tool, start_server, train_cli
+from support.paths import ARCHIVE
+from support.processes import built_tool
+from support.service_process import Server, start_server, train_cli
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-
-# Fixtures that run real components: the training CLI, `bentoml serve`, built binaries, the cluster.
-# A test that uses none of them runs in-process and is marked `unit` (`make unit`); a fixture that
-# starts something real belongs here.
-REAL_COMPONENT_FIXTURES = {
-    "train",
-    "models_home",
-    "service",
-    "promtool",
-    "kube_score",
-    "podsecurity",
-    "helm",
-    "logql",
-    "otelcol",
-    "stack",
-    "cluster",
-}
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if not REAL_COMPONENT_FIXTURES & set(item.fixturenames):
-            item.add_marker(pytest.mark.unit)
 
 
 @pytest.fixture(scope="session")

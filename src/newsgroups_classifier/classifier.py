@@ -85,9 +85,8 @@ class Classifier:
         baseline = json.loads(Path(stored.path_of(BASELINE_FILE)).read_text())
         self.metrics = ServiceMetrics(stored.tag.name, self.version, self.classes, baseline)
         self.telemetry = PredictionTelemetry(self.metrics, stored.tag.name, settings)
-        self.signer = PredictionIdSigner(
-            signing_key(settings.feedback_signing_key, home), settings.feedback_max_age_seconds
-        )
+        key = signing_key(settings.feedback_signing_key.get_secret_value(), home)
+        self.signer = PredictionIdSigner(key, settings.feedback_max_age_seconds)
         self.seen = SeenIds(home / "feedback-seen.sqlite", settings.feedback_max_age_seconds)
 
     def predict(self, items: list[BatchText], endpoint: str) -> list[Prediction]:
@@ -103,10 +102,10 @@ class Classifier:
             with timer.step("postprocess"):
                 predictions = [self._prediction(row) for row in probabilities]
         except Exception:
-            if self.settings.telemetry:
+            if self.settings.telemetry_on:
                 self.telemetry.failed(items, timer)
             raise
-        if self.settings.telemetry:
+        if self.settings.telemetry_on:
             self.telemetry.predicted(
                 endpoint, ModelCall(items, tokens, known, probabilities, predictions, timer)
             )

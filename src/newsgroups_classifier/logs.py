@@ -9,6 +9,7 @@ ground truth that a response acknowledges) are written before the call returns, 
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from datetime import UTC, datetime
 from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
 
+import pythonjsonlogger.json
 from opentelemetry import trace
 
 from .metrics import DROPPED_LINES
@@ -41,27 +43,37 @@ class TraceIdFilter(logging.Filter):
         return True
 
 
-class JsonFormatter(logging.Formatter):
+class JsonFormatter(pythonjsonlogger.json.JsonFormatter):
     """`{"ts", "level", "logger", "trace_id", "span_id", ...}`, then `message`, or for an event logged
-    with `extra={"fields": {...}}` its name as `event` and the fields.
+    with `extra={"fields": {...}}` its name as `event` and the fields; compact, non-ASCII kept as is.
 
     One form for every line, so that one Grafana derived-field regex, `"trace_id":"([0-9a-f]{32})"`,
-    finds the trace in any of them.
+    finds the trace in any of them. python-json-logger gathers and serialises; `process_log_record`
+    (its hook for reshaping) keeps exactly these keys, not the extras other libraries attach.
     """
 
-    def format(self, record: logging.LogRecord) -> str:
-        line = {"ts": self.formatTime(record), "level": record.levelname.lower(), "logger": record.name}
-        if hasattr(record, "trace_id"):
-            line["trace_id"], line["span_id"] = record.trace_id, record.span_id
-        fields = getattr(record, "fields", None)
+    def __init__(self) -> None:
+        super().__init__(
+            ["asctime", "levelname", "name", "message"],
+            rename_fields={"asctime": "ts", "levelname": "level", "name": "logger", "exc_info": "exception"},
+            json_serializer=functools.partial(json.dumps, separators=(",", ":")),
+            json_ensure_ascii=False,
+            json_default=str,
+        )
+
+    def process_log_record(self, log_data: dict) -> dict:
+        line = {"ts": log_data["ts"], "level": log_data["level"].lower(), "logger": log_data["logger"]}
+        if log_data.get("trace_id"):
+            line["trace_id"], line["span_id"] = log_data["trace_id"], log_data["span_id"]
+        fields = log_data.get("fields")
         if fields is None:
-            line["message"] = record.getMessage()
+            line["message"] = log_data["message"]
         else:
-            line["event"] = record.getMessage()
+            line["event"] = log_data["message"]
             line.update(fields)
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False, separators=(",", ":"), default=str)
+        if "exception" in log_data:
+            line["exception"] = log_data["exception"]
+        return line
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")

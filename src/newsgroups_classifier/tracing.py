@@ -26,7 +26,7 @@ def export_resource_attributes(settings: Settings, model_version: str) -> None:
     """
     attributes = {
         "service.version": model_version,
-        "deployment.environment.name": settings.environment,
+        "deployment.environment.name": settings.deployment_environment,
         "k8s.pod.name": settings.pod_name,
         "k8s.namespace.name": settings.pod_namespace,
     }

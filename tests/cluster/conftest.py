@@ -1,9 +1,10 @@
-"""The cluster tier: a real single-node Kubernetes (node.py), the part of the observability stack that can
-run here installed as `make cluster-up` installs it, the service image built by `make build`, and the
-manifests applied as the README says."""
+"""The cluster tier: a real single-node Kubernetes (support/cluster_node.py), the part of the
+observability stack that can run here installed as `make cluster-up` installs it, the service image
+built by `make build`, and the manifests applied as docs/deployment.md says."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,16 +13,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from images import image_archive, images_env
-from node import BINARIES, NODE_IP, PAUSE_IMAGE, Cluster, cluster_binary, stop_on_sigterm
-from service_names import DEPLOYMENT, MANIFEST_IMAGE, NAMESPACE, SERVICE
 
-from charts import cluster_releases, render
-from helpers import REPO, GiveUp, poll_until, tail
-from otlp_receiver import OtlpReceiver
-
-# The releases `make cluster-up` installs and their rendering (tests/deploy/deploy_files.py), shared.
-sys.path.insert(0, str(REPO / "tests" / "deploy"))
+from support.charts import cluster_releases, render
+from support.cluster_images import image_archive, images_env
+from support.cluster_node import BINARIES, NODE_IP, PAUSE_IMAGE, Cluster, cluster_binary, stop_on_sigterm
+from support.cluster_service import DEPLOYMENT, MANIFEST_IMAGE, NAMESPACE, SERVICE
+from support.otlp_receiver import OtlpReceiver
+from support.paths import REPO
+from support.processes import GiveUp, poll_until, tail
 
 HERE = Path(__file__).parent
 # One test-only values overlay per release that runs here (image names, pull policy, storage).
@@ -84,7 +83,7 @@ def stand_in_ports() -> dict[str, int]:
 
 
 def start_stand_ins(cluster: Cluster, received: Path) -> subprocess.Popen:
-    """stand_ins.py inside the node's network namespace, listening on the node IP."""
+    """support/stand_ins.py inside the node's network namespace, listening on the node IP."""
     ports = stand_in_ports()
     log = received.with_suffix(".log")
     with open(log, "ab") as out:
@@ -92,7 +91,8 @@ def start_stand_ins(cluster: Cluster, received: Path) -> subprocess.Popen:
             [
                 *cluster.enter(),
                 sys.executable,
-                HERE / "stand_ins.py",
+                "-m",
+                "support.stand_ins",
                 NODE_IP,
                 str(ports["loki"]),
                 str(ports["tempo"]),
@@ -100,6 +100,7 @@ def start_stand_ins(cluster: Cluster, received: Path) -> subprocess.Popen:
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(REPO / "tests")},  # the harness, as pytest has it
         )
 
     def ready() -> bool:

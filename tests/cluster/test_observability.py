@@ -7,7 +7,8 @@ server for the pod's metadata (k8s_attributes) and pushes span metrics to Promet
 Prometheus finds the pod through the Kubernetes service discovery of its `kubernetes-pods` job, scrapes
 it, scrapes the kubelet's cAdvisor through the API server and evaluates our rules. Loki and Tempo
 (AGPL-3.0) are never run: the test suite's OTLP receivers take their addresses (stand-ins.yaml), and the
-tests named `contract` check what those backends document they make of the exports (loki_contract.py).
+tests named `contract` check what those backends document they make of the exports
+(tests/support/loki_contract.py).
 """
 
 from __future__ import annotations
@@ -15,23 +16,26 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import sys
 import time
 from dataclasses import dataclass
 
 import pytest
 import yaml
-from node import NODE_NAME
 from prometheus_client.parser import text_string_to_metric_families
-from service_names import NAMESPACE, SERVICE, ready_pods
 
-from dashboards import DATASOURCES, dashboard_targets, exemplar_selectors, grafana_variables, provisioned
-from helpers import REPO, poll_until
-
-# Loki's side (tests/e2e/loki_contract.py) and the labels it indexes (tests/e2e/stack.py), shared.
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
-from loki_contract import Entry, ingested, select  # noqa: E402
-from stack import loki_index_attributes  # noqa: E402
+from support.cluster_node import NODE_NAME
+from support.cluster_service import CONTAINER, NAMESPACE, SERVICE, ready_pods
+from support.dashboards import (
+    DATASOURCES,
+    dashboard_targets,
+    exemplar_selectors,
+    grafana_variables,
+    provisioned,
+)
+from support.loki_contract import Entry, ingested, select
+from support.paths import REPO
+from support.processes import poll_until
+from support.stack import loki_index_attributes
 
 PREDICTIONS_LOGGER = "newsgroups_classifier.predictions"
 # The OpenTelemetry SDK's batch span processor exports every 5 s (its default schedule delay).
@@ -167,16 +171,15 @@ def test_contract_loki_gets_the_prediction_event_with_its_trace_id_and_the_label
         "service_name": SERVICE,
         "namespace": NAMESPACE,
         "pod": pod.name,
-        "container": SERVICE,
+        "container": CONTAINER,
         "stream": "stdout",
         "level": "info",
         "logger": PREDICTIONS_LOGGER,
         "event": "prediction",
     }
     # The file the kubelet wrote, as the logsCollection preset reads it.
-    assert re.fullmatch(
-        rf"/var/log/pods/{NAMESPACE}_{pod.name}_{pod.uid}/{SERVICE}/\d+\.log", event.metadata["log_file_path"]
-    ), event.metadata
+    log_file = rf"/var/log/pods/{NAMESPACE}_{pod.name}_{pod.uid}/{CONTAINER}/\d+\.log"
+    assert re.fullmatch(log_file, event.metadata["log_file_path"]), event.metadata
     # The kubernetesAttributes preset: the pod's metadata, asked of the API server.
     assert {k: event.metadata.get(k) for k in ("k8s_pod_uid", "k8s_deployment_name", "k8s_node_name")} == {
         "k8s_pod_uid": pod.uid,
@@ -358,7 +361,7 @@ def test_prometheus_loads_and_evaluates_our_rules(deployed):
 
 def test_the_kubelet_serves_cpu_and_memory_series_of_the_pod(prediction, deployed):
     """cAdvisor, scraped through the API server: what the dashboards' saturation panels read."""
-    labels = f'namespace="{NAMESPACE}", pod="{prediction.pod.name}", container="{SERVICE}"'
+    labels = f'namespace="{NAMESPACE}", pod="{prediction.pod.name}", container="{CONTAINER}"'
     for metric in ("container_cpu_usage_seconds_total", "container_memory_working_set_bytes"):
         (series,) = poll_until(
             lambda metric=metric: promql(deployed.cluster, f"{metric}{{{labels}}}"), timeout=90, what=metric

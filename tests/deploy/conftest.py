@@ -10,18 +10,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from deploy_files import (
-    KNOWN_TRACE_ID,
-    LOG_AGENTS,
-    TEXTS,
-    TRACEPARENT,
-    Release,
-    Traffic,
-    cluster_releases,
-    run,
-)
 
-from helpers import built_tool, poll_until, start_server
+from support.charts import LOG_AGENTS, Release, cluster_releases, run
+from support.deploy_files import KNOWN_TRACE_ID, TEXTS, TRACEPARENT, Traffic
+from support.processes import built_tool, poll_until
+from support.service_process import start_server
 
 
 def metrics_text(url: str) -> str:

@@ -10,15 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from deploy_files import (
-    KUBE_SCORE_OPTIONAL,
-    KUBERNETES_VERSION,
-    Release,
-    is_builtin,
-    render,
-    run,
-    schema_errors,
-)
+
+from support.charts import KUBERNETES_VERSION, Release, render, run
+from support.deploy_files import KUBE_SCORE_OPTIONAL, is_builtin, schema_errors
 
 # Pod Security: every pod is held to the restricted profile, as the service's is, but for these.
 # (release, reason as the admission check names it) -> why.

@@ -9,17 +9,17 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from deploy_files import (
+
+from support.charts import cluster_releases, make_dry_run
+from support.deploy_files import (
     KNOWN_TRACE_ID,
     SERVICES,
-    cluster_releases,
     collector_labels,
     created_secrets,
     dashboards,
     datasources,
     find_manifest,
     host_port,
-    make_dry_run,
     merged,
     otlp_index_attributes,
     promtail_labels,

@@ -9,10 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
-from deploy_files import dashboards, datasources, merged, run
 
-from helpers import built_tool
 from newsgroups_classifier import export
+from support.charts import run
+from support.deploy_files import dashboards, datasources, merged
+from support.processes import built_tool
 
 # Grafana's variables, filled in as Grafana does before a query runs.
 VARIABLES = {

@@ -12,23 +12,20 @@ import jsonschema
 import pytest
 import yaml
 from bentoml._internal.container.generate import BENTO_UID_GID
-from deploy_files import (
-    KUBERNETES_VERSION,
+
+from newsgroups_classifier.config import Settings
+from support.charts import KUBERNETES_VERSION, render, run
+from support.deploy_files import (
     MANIFESTS,
-    REPO,
-    SHARED,
     created_secrets,
     find_manifest,
     is_builtin,
     kube_score_findings,
     manifest_documents,
     manifest_files,
-    render,
-    run,
     schema_errors,
 )
-
-from newsgroups_classifier import config as service_config
+from support.paths import REPO, SHARED
 
 CRDS = SHARED / "crds"
 
@@ -268,8 +265,8 @@ def test_probes_port_and_scrape_annotations_match_the_service():
 
 
 def service_env_names() -> set[str]:
-    source = Path(service_config.__file__).read_text()
-    return set(re.findall(r'(?:environ\.get|_int)\("([A-Z_]+)"', source))
+    """The environment variables the service's settings declare (config.Settings)."""
+    return {field.alias for field in Settings.model_fields.values()}
 
 
 def test_environment_is_what_the_service_and_bentoml_read():
@@ -332,7 +329,7 @@ def test_bentoml_build_packages_the_service_the_image_runs():
     """`make build` runs `bentoml build` in the repository: its build config must name our service."""
     from bentoml._internal.bento.build_config import BentoBuildConfig
 
-    from helpers import SERVICE
+    from support.service_process import SERVICE
 
     config = BentoBuildConfig.from_file(str(REPO / "pyproject.toml"))
     assert config.service == SERVICE, "add [tool.bentoml.build] service = ... to pyproject.toml"

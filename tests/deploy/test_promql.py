@@ -8,7 +8,9 @@ import re
 import promql_parser
 import pytest
 import yaml
-from deploy_files import dashboards, datasources, exposed_series, find_manifest, merged, rules, run
+
+from support.charts import run
+from support.deploy_files import dashboards, datasources, exposed_series, find_manifest, merged, rules
 
 # Grafana's macros and our dashboard variable, replaced by values of the right type before parsing.
 MACROS = {

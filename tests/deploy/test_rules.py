@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 
 import pytest
 import yaml
-from deploy_files import prometheus_rule_files, rules, run, write_rule_files
+
+from support.charts import run
+from support.deploy_files import prometheus_rule_files, rules, write_rule_files
 
 MODEL_NAME = "newsgroups_classifier"
 PODS = (

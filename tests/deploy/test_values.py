@@ -8,7 +8,10 @@ import tarfile
 
 import pytest
 import yaml
-from deploy_files import REPO, Release, charts_env, cluster_releases
+
+from support.charts import Release, cluster_releases
+from support.deploy_files import charts_env
+from support.paths import REPO
 
 # Key paths below which a values file may hold keys the chart's values.yaml does not list, and why. Below a
 # default of {}, [] or null everything is free-form anyway; a Kubernetes `resources` map is always free-form.

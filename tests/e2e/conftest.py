@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import stack as st
-from loki_contract import Entry, ingested
 
-from helpers import Server, free_port, start_server
 from newsgroups_classifier.data import load_split
 from newsgroups_classifier.local_config import shipped_bentoml_config
-from otlp_receiver import OtlpReceiver
+from support import stack as st
+from support.loki_contract import Entry, ingested
+from support.otlp_receiver import OtlpReceiver
+from support.processes import free_port
+from support.service_process import Server, start_server
 
 
 def pytest_collection_modifyitems(items):

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "load_testing"))
-
-from workload import documents  # noqa: E402 (needs the path above)
-
-from newsgroups_classifier.data import Split  # noqa: E402
+from newsgroups_classifier.data import Split
+from support.workload import documents
 
 
 @pytest.fixture(scope="session")

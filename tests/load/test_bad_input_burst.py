@@ -9,10 +9,11 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
-from load_driver import Load, Outcome, Request, describe, labels, predictions, send, started_between
 
-from helpers import poll_until, scrape, start_server, value
 from newsgroups_classifier.local_config import shipped_service_env
+from support.load_driver import Load, Outcome, Request, describe, labels, predictions, send, started_between
+from support.processes import poll_until
+from support.service_process import scrape, start_server, value
 
 SHIPPED = shipped_service_env()
 LIMIT = int(SHIPPED["MAX_BODY_BYTES"])

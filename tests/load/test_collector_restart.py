@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from load_driver import Load, Outcome, describe, predictions, started_between
-
-from helpers import poll_until, start_server
-from otlp_receiver import OtlpReceiver
+from support.load_driver import Load, Outcome, describe, predictions, started_between
+from support.otlp_receiver import OtlpReceiver
+from support.processes import poll_until
+from support.service_process import start_server
 
 CLIENTS = 4
 OUTAGE_SECONDS = 8  # longer than the exporter's batch interval (5 s) and its export timeout (5 s)

@@ -13,10 +13,12 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from load_driver import Load, Request, describe, predictions_of
-from workload import process_tree
 
-from helpers import REPO, poll_until, start_server
+from support.load_driver import Load, Request, describe, predictions_of
+from support.paths import REPO
+from support.processes import poll_until
+from support.service_process import start_server
+from support.workload import process_tree
 
 DEPLOYMENT = REPO / "manifests" / "deployment.yaml"
 KUBERNETES_DEFAULT_GRACE = 30  # seconds, when the pod spec sets none

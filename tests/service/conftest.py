@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import start_server
-from otlp_receiver import OtlpReceiver
+from support.otlp_receiver import OtlpReceiver
+from support.service_process import start_server
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ import psutil
 import pytest
 import requests
 
-from helpers import poll_until, scrape, start_server, value
+from support.processes import poll_until
+from support.service_process import scrape, start_server, value
 
 TEXT = "The goalie stopped every shot in overtime of the playoff game"
 

@@ -12,10 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from helpers import poll_until, start_server
+from support.dashboards import TRACE_ID_IN_LINE
+from support.processes import poll_until
+from support.service_process import start_server
 
 TEXT = "The new engine in my car makes a strange noise when I brake"
-TRACE_ID_IN_ANY_LINE = re.compile(r'"trace_id":"([0-9a-f]{32})"')
 
 
 def events(server, trace_id: str) -> list[dict]:
@@ -68,7 +69,7 @@ def test_every_line_of_a_request_carries_its_trace_id_in_one_form(grpc_service):
         if '"logger":"bentoml.access"' in line or '"logger":"newsgroups_classifier.predictions"' in line
     ]
     assert len(request_lines) >= 2
-    assert all(TRACE_ID_IN_ANY_LINE.search(line) for line in request_lines)
+    assert all(TRACE_ID_IN_LINE.search(line) for line in request_lines)
 
 
 def test_default_privacy_setting_logs_no_text(service):

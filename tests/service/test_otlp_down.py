@@ -10,9 +10,10 @@ import time
 import pytest
 import requests
 
-from helpers import free_port, poll_until, start_server
 from newsgroups_classifier.config import SHUTDOWN_FLUSH_SECONDS
 from newsgroups_classifier.local_config import shipped_bentoml_config
+from support.processes import free_port, poll_until
+from support.service_process import start_server
 
 TEXT = "Which tires are best for a sports car in the rain"
 EXPORT_TIMEOUT = shipped_bentoml_config()["services"]["tracing"]["timeout"]  # seconds

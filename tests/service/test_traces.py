@@ -8,8 +8,9 @@ from itertools import pairwise
 import pytest
 import requests
 
-from helpers import poll_until, start_server
 from newsgroups_classifier.local_config import shipped_service_env
+from support.processes import poll_until
+from support.service_process import start_server
 
 INFERENCE_STEPS = ("preprocess", "vectorize", "predict", "postprocess")
 TEXT = "My motorcycle needs a new chain and the dealer wants too much for it"

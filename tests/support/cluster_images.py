@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from helpers import REPO
+from support.paths import REPO
 
 IMAGES = REPO / "tests" / "cluster" / "images.sh"
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from helpers import REPO, poll_until, stop_process, tail
+from support.paths import REPO
+from support.processes import poll_until, stop_process, tail
 
 NODE_NAME = "node"
 NODE_IP = "10.200.0.1"
@@ -424,7 +425,7 @@ class Cluster:
         self.in_netns("ctr", "--namespace", "k8s.io", "images", "import", archive, timeout=600)
 
     def install_release(self, helm: Path, release, *overlays: Path, timeout: str = "5m") -> None:
-        """`helm upgrade --install` of a deploy_files.Release as `make cluster-up` runs it (its packaged
+        """`helm upgrade --install` of a charts.Release as `make cluster-up` runs it (its packaged
         chart, our values, its --set options), then each test-only values overlay (image names, pull
         policy, storage)."""
         values = [arg for path in (release.values_path, *overlays) for arg in ("--values", path)]

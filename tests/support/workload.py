@@ -1,27 +1,21 @@
-"""What the load tests and the benchmark share: the documents, the model store, process-tree memory.
-
-Starting the service and the OTLP receiver is the test suite's job (tests/helpers.py and
-tests/otlp_receiver.py): this module puts tests/ on the import path so the load tools reuse them.
-"""
+"""What the load tests and the load tools (load_testing/) share: the documents, the model store,
+process-tree memory."""
 
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-REPO = Path(__file__).resolve().parents[1]
+from newsgroups_classifier.config import Settings
+from newsgroups_classifier.data import ARCHIVE_ENV, Split, load_split
+from support.paths import ARCHIVE, REPO
+from support.service_process import train_cli
+
 REPORTS = REPO / "reports"
-sys.path.insert(0, str(REPO / "tests"))
-
-from helpers import ARCHIVE, train_cli  # noqa: E402 (needs the path above)
-from newsgroups_classifier.config import Settings  # noqa: E402
-from newsgroups_classifier.data import ARCHIVE_ENV, Split, load_split  # noqa: E402
-
 MIB = 1024 * 1024
 
 

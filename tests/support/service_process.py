@@ -1,80 +1,24 @@
-"""Shared test helpers: where the shared data lives, polling, and a real `bentoml serve` subprocess."""
+"""The service as a `bentoml serve` subprocess on 127.0.0.1, the training command, and /metrics scrapes."""
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
 
 import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from newsgroups_classifier.local_config import local_bentoml_config, shipped_service_env
+from support.processes import GiveUp, free_port, poll_until, stop_process, tail
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("NEWSGROUPS_SHARED", REPO.parent / "shared")).resolve()
-ARCHIVE = SHARED / "data" / "20newsgroups" / "20news-bydate.tar.gz"
 SERVICE = "newsgroups_classifier.service:NewsgroupsClassifier"
-T = TypeVar("T")
-
-
-class GiveUp(AssertionError):
-    """Raised by a polled check when waiting longer cannot help (the process it waits for exited)."""
-
-
-def poll_until(
-    check: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.2, what: str = ""
-) -> T:
-    """Call `check` until it returns something truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-            if result:
-                return result
-            last_error = None  # the latest try failed without an error: report that, not an older one
-        except GiveUp:
-            raise
-        except Exception as exc:  # the thing polled may not be up yet
-            last_error = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what or check}; last error: {last_error}")
-
-
-def stop_process(process: subprocess.Popen, timeout: float = 20) -> int:
-    """SIGTERM, then SIGKILL if it is still running after `timeout` seconds; its exit status."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def tail(path: Path, lines: int = 60) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as exc:
-        return f"(no log: {exc})"
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -136,15 +80,12 @@ def start_server(
     timeout: float = 90,
     config_overrides: dict | None = None,
     wrapper: Sequence[str] = (),
-    service: str = SERVICE,
-    working_dir: Path | None = None,
 ) -> Server:
     """Start the service with the shipped configuration (only OTLP endpoint and sampling rewritten).
 
     Each server gets its own BentoML home (BentoML wipes its metrics folder at start), sharing the
     trained models of `models_home`. `config_overrides` is merged into the BentoML configuration,
-    e.g. `{"services": {"metrics": {"enabled": False}}}`. `wrapper` goes before the command;
-    `service` and `working_dir` serve another service definition (the benchmark's variants).
+    e.g. `{"services": {"metrics": {"enabled": False}}}`. `wrapper` goes before the command.
     """
     home = workdir / f"home-{free_port()}"
     home.mkdir(parents=True)
@@ -163,10 +104,8 @@ def start_server(
         **(env or {}),
     }
     bentoml = str(Path(sys.executable).with_name("bentoml"))
-    command = [*wrapper, bentoml, "serve", service, "--host", "127.0.0.1", "--port", str(port)]
-    if working_dir:
-        command += ["--working-dir", str(working_dir.resolve())]
-    if cri_log:  # as a container runtime would write it, for Promtail to tail
+    command = [*wrapper, bentoml, "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)]
+    if cri_log:  # as a container runtime would write it, for the collector to tail
         process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
@@ -210,17 +149,6 @@ def pump_cri(stream, raw_path: Path, cri_path: Path) -> None:
             raw.write(line)
             stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
             cri.write(stamp + b" stdout F " + line)
-
-
-def built_tool(script: str, name: str, how: str) -> Path:
-    """The path of a tool a build script of ours makes (`script --print-path name`); fails if unbuilt."""
-    path = Path(
-        subprocess.run(
-            ["bash", script, "--print-path", name], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    )
-    assert os.access(path, os.X_OK), f"{name} is not built ({path}): run `{how}`"
-    return path
 
 
 def model_dirs(home: Path) -> list[Path]:

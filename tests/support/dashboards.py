@@ -8,7 +8,7 @@ import re
 
 import yaml
 
-from helpers import REPO
+from support.paths import REPO
 
 GRAFANA = yaml.safe_load((REPO / "helm-config" / "grafana" / "values.yaml").read_text())
 DATASOURCES = {d["uid"]: d for d in GRAFANA["datasources"]["datasources.yaml"]["datasources"]}
@@ -17,6 +17,12 @@ DATASOURCES = {d["uid"]: d for d in GRAFANA["datasources"]["datasources.yaml"]["
 def provisioned(text: str) -> str:
     """A string from a provisioning file as Grafana sees it: `$$` escapes a literal `$`."""
     return text.replace("$$", "$")
+
+
+# The Loki derived field that finds a trace id in a log line's text (the other matches the trace_id
+# structured metadata): what leads from any line of ours to its trace.
+(_IN_LINE,) = [f for f in DATASOURCES["loki"]["jsonData"]["derivedFields"] if f.get("matcherType") == "regex"]
+TRACE_ID_IN_LINE = re.compile(provisioned(_IN_LINE["matcherRegex"]))
 
 
 def dashboard_targets() -> list[tuple[str, str, dict]]:

@@ -15,17 +15,13 @@ import kubernetes_validate
 import yaml
 from referencing import Registry, Resource
 
-from charts import (  # noqa: F401 (re-exported for the deployment checks)
+from support.charts import (
     KUBERNETES_VERSION,
-    LOG_AGENTS,
     Release,
-    cluster_releases,
     make_dry_run,
-    option,
-    render,
     run,
 )
-from helpers import REPO, SHARED  # noqa: F401 (SHARED re-exported)
+from support.paths import REPO
 
 MANIFESTS = REPO / "manifests"
 HELM_CONFIG = REPO / "helm-config"
@@ -147,9 +143,6 @@ def kube_score_findings(kube_score: Path, files: list[Path], ignored: set[str]) 
     )
     assert result.stdout.strip(), result.stderr
     return [line for line in result.stdout.splitlines() if not line.startswith(("[OK]", "[SKIPPED]"))]
-
-
-# --- tools -------------------------------------------------------------------------------------------
 
 
 # --- the running service -----------------------------------------------------------------------------

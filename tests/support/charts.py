@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from helpers import REPO, SHARED
+from support.paths import REPO, SHARED
 
 # The Kubernetes version the manifests and renderings are checked against: API schemas, Pod Security policy
 # version, and the version helm renders for.

@@ -16,8 +16,8 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import REGISTRY
 
-from helpers import poll_until
 from newsgroups_classifier import logs
+from support.processes import poll_until
 
 
 def record(message: str = "hello", name: str = "newsgroups_classifier.test", **extra) -> logging.LogRecord:

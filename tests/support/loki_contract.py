@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from helpers import free_port
-from otlp_receiver import ReceivedLog
+from support.otlp_receiver import ReceivedLog
+from support.processes import free_port
 
 
 @dataclass(frozen=True)

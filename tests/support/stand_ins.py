@@ -1,8 +1,9 @@
 """Loki's and Tempo's stand-ins in the cluster tier: the test suite's OTLP receivers, listening inside the
 node's network namespace where the Services `loki` and `tempo` (stand-ins.yaml) send the collector's
-exports. Loki and Tempo (AGPL-3.0) are never run. Run by the `observability` fixture (conftest.py):
+exports. Loki and Tempo (AGPL-3.0) are never run. Run by the `observability` fixture
+(tests/cluster/conftest.py):
 
-    stand_ins.py HOST LOKI_PORT TEMPO_PORT DIR
+    python -m support.stand_ins HOST LOKI_PORT TEMPO_PORT DIR
 
 Tempo's: OTLP gRPC on HOST:TEMPO_PORT, every export request written to DIR/tempo. Loki's: OTLP/HTTP under
 /otlp on HOST:LOKI_PORT (Loki's native OTLP endpoint), written to DIR/loki. DIR/ready appears once both
@@ -15,9 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from otlp_receiver import OtlpReceiver  # noqa: E402 (after the path it is found on)
+from support.otlp_receiver import OtlpReceiver
 
 
 def main() -> None:

@@ -1,12 +1,12 @@
-"""The model of Loki the contract tests use (loki_contract.py) follows Loki's documented behaviour, and
-refuses what it does not model instead of answering it wrongly."""
+"""The model of Loki the contract tests use (tests/support/loki_contract.py) follows Loki's documented
+behaviour, and refuses what it does not model instead of answering it wrongly."""
 
 from __future__ import annotations
 
 import pytest
-from loki_contract import Entry, ingested, query_range, select
 
-from otlp_receiver import ReceivedLog
+from support.loki_contract import Entry, ingested, query_range, select
+from support.otlp_receiver import ReceivedLog
 
 RECORD = ReceivedLog(
     body='{"event":"prediction","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"}',

@@ -6,9 +6,6 @@ fix compat.py (or pin BentoML back) before anything else.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from importlib.metadata import requires, version
 
 from opentelemetry.sdk.trace import TracerProvider
@@ -26,16 +23,3 @@ def test_tracer_provider_is_an_sdk_provider_and_always_the_same():
     provider = compat.tracer_provider()
     assert isinstance(provider, TracerProvider)
     assert compat.tracer_provider() is provider  # the one BentoML's ASGI middleware exports through
-
-
-def test_bentoml_home_is_the_configured_one(tmp_path, monkeypatch):
-    # BentoML resolves its home once per process; a fresh process reads BENTOML_HOME.
-    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "home"))
-    out = subprocess.run(
-        [sys.executable, "-c", "from newsgroups_classifier import compat; print(compat.bentoml_home())"],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=os.environ,
-    ).stdout.strip()
-    assert out == str(tmp_path / "home") and (tmp_path / "home" / "models").is_dir()

@@ -3,10 +3,11 @@
 Real: the service, the OpenTelemetry Collector (tailing the service's container log file, receiving its
 spans) and Prometheus (scraping the service, receiving the collector's span metrics). Loki and Tempo
 (AGPL-3.0) are never run: the collector's exports to their addresses are received by real OTLP receivers
-and checked against what those backends document (the tests named `contract`, see loki_contract.py).
+and checked against what those backends document (the tests named `contract`, see
+tests/support/loki_contract.py).
 
-The steps run in order against one stack (see conftest.py); each test builds on the traffic before it.
-Step 11, teardown, is checked when the stack fixture stops every process it started.
+Every test reads the same module-scoped traffic against one stack (see conftest.py) and polls for what it
+needs, in any order; teardown is checked when the stack fixture stops every process it started.
 """
 
 from __future__ import annotations
@@ -20,12 +21,19 @@ from datetime import datetime
 
 import pytest
 import requests
-import stack as st
 import yaml
-from loki_contract import select
 
-from dashboards import DATASOURCES, dashboard_targets, exemplar_selectors, grafana_variables, provisioned
-from helpers import REPO, poll_until
+from support import stack as st
+from support.dashboards import (
+    DATASOURCES,
+    dashboard_targets,
+    exemplar_selectors,
+    grafana_variables,
+    provisioned,
+)
+from support.loki_contract import select
+from support.paths import REPO
+from support.processes import poll_until
 
 # Series that exist only in a cluster: the kubelet's cAdvisor.
 CLUSTER_ONLY_METRICS = ("container_cpu_usage_seconds_total", "container_memory_working_set_bytes")
@@ -87,14 +95,8 @@ def traffic(stack, documents) -> list[dict]:
     return sent
 
 
-def test_1_every_program_reports_ready(stack):
-    for program in stack.started:
-        assert requests.get(program.ready_url, timeout=5).status_code == 200, program.name
-    assert requests.get(f"{stack.service.url}/readyz", timeout=5).status_code == 200
-
-
 @pytest.mark.parametrize("log_agent", ["opentelemetry-collector", "promtail"])
-def test_1_the_built_collector_accepts_the_shipped_configuration(helm, otelcol, tmp_path, log_agent):
+def test_the_built_collector_accepts_the_shipped_configuration(helm, otelcol, tmp_path, log_agent):
     """Every component of the rendered configuration (either log agent's variant) is in the build under the
     same name, and the collector validates the configuration."""
     config = st.collector_config(helm, LOG_AGENT=log_agent)
@@ -110,10 +112,6 @@ def test_1_the_built_collector_accepts_the_shipped_configuration(helm, otelcol, 
         [otelcol, "validate", f"--config={path}"], capture_output=True, text=True, env=st.COLLECTOR_ENV
     )
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_2_predictions_and_feedback_succeed(traffic):
-    assert len(traffic) == 40 and len({r["trace_id"] for r in traffic}) == 40
 
 
 def prediction_entries(stack, traffic) -> dict[str, list]:
@@ -133,7 +131,7 @@ def prediction_entries(stack, traffic) -> dict[str, list]:
     )
 
 
-def test_3_contract_loki_gets_each_prediction_with_its_trace_id_and_labels(stack, traffic):
+def test_contract_loki_gets_each_prediction_with_its_trace_id_and_labels(stack, traffic):
     """Contract (Loki's OTLP ingestion): the collector's record of each prediction line has the request's
     trace id as TraceId (Loki's trace_id structured metadata) and the resource attributes Loki indexes."""
     by_trace = prediction_entries(stack, traffic)
@@ -158,7 +156,7 @@ def test_3_contract_loki_gets_each_prediction_with_its_trace_id_and_labels(stack
     assert not indexed & {"trace_id", "span_id"}, "an id must never be a label"
 
 
-def test_4_the_derived_fields_find_exactly_the_trace_id(stack, traffic):
+def test_the_derived_fields_find_exactly_the_trace_id(stack, traffic):
     by_label, in_line = DATASOURCES["loki"]["jsonData"]["derivedFields"]
     assert by_label["datasourceUid"] == in_line["datasourceUid"] == "tempo"
     regex = re.compile(provisioned(in_line["matcherRegex"]))
@@ -181,7 +179,7 @@ def exported_trace(stack, trace_id: str) -> list:
     return poll_until(complete, timeout=30, what=f"the server and inference spans of {trace_id}")
 
 
-def test_5_contract_tempo_gets_the_trace_with_server_and_inference_spans(stack, traffic):
+def test_contract_tempo_gets_the_trace_with_server_and_inference_spans(stack, traffic):
     """Contract (Tempo's OTLP receiver): the collector forwards the request's server span and inference
     spans with the resource attributes the Tempo datasource's queries map (service.name, k8s.*)."""
     record = traffic[0]
@@ -199,7 +197,7 @@ def test_5_contract_tempo_gets_the_trace_with_server_and_inference_spans(stack, 
     }
 
 
-def test_6_contract_the_traces_to_logs_query_returns_the_requests_log_lines(stack, traffic):
+def test_contract_the_traces_to_logs_query_returns_the_requests_log_lines(stack, traffic):
     """Contract (Loki's query semantics): the Tempo datasource's query, filled in from the exported span,
     selects the request's lines (prediction event and access log) among everything Loki got."""
     settings = DATASOURCES["tempo"]["jsonData"]["tracesToLogsV2"]
@@ -219,7 +217,7 @@ def test_6_contract_the_traces_to_logs_query_returns_the_requests_log_lines(stac
     assert any(line["logger"] == "bentoml.access" for line in lines)
 
 
-def test_7_prometheus_has_the_span_metrics_with_exemplars_of_the_requests(stack, traffic):
+def test_prometheus_has_the_span_metrics_with_exemplars_of_the_requests(stack, traffic):
     poll_until(
         lambda: promql(stack, "sum(newsgroups_predictions_total) >= 58"), timeout=60, what="scraped counts"
     )
@@ -249,7 +247,7 @@ def test_7_prometheus_has_the_span_metrics_with_exemplars_of_the_requests(stack,
     )
 
 
-def test_7_the_latency_exemplars_the_dashboards_show_link_to_the_requests(stack, traffic):
+def test_the_latency_exemplars_the_dashboards_show_link_to_the_requests(stack, traffic):
     wanted = {r["trace_id"] for r in traffic}
     panels = exemplar_selectors()
     assert panels, "no dashboard panel shows exemplars"
@@ -260,7 +258,7 @@ def test_7_the_latency_exemplars_the_dashboards_show_link_to_the_requests(stack,
             assert trace_ids & wanted, f"{where}: no exemplar of {selector} links to a request"
 
 
-def test_8_the_traces_to_metrics_queries_return_data(stack, traffic):
+def test_the_traces_to_metrics_queries_return_data(stack, traffic):
     tempo = DATASOURCES["tempo"]["jsonData"]["tracesToMetrics"]
     resource = exported_trace(stack, traffic[2]["trace_id"])[0].resource
     tags = ", ".join(f'{tag["value"]}="{resource[tag["key"]]}"' for tag in tempo["tags"])
@@ -285,7 +283,7 @@ def queries_without_data(stack) -> list[str]:
     return empty
 
 
-def test_9_every_dashboard_query_returns_data(stack, traffic):
+def test_every_dashboard_query_returns_data(stack, traffic):
     # Recording rules over the traffic need an evaluation or two first: wait for them, then insist.
     try:
         poll_until(lambda: not queries_without_data(stack), timeout=120, interval=5, what="dashboard data")
@@ -305,7 +303,7 @@ def rule_states(stack) -> dict[str, str]:
     }
 
 
-def test_10_alert_rules_load_and_skewed_traffic_drives_the_drift_alert(stack, traffic, documents):
+def test_alert_rules_load_and_skewed_traffic_drives_the_drift_alert(stack, traffic, documents):
     groups = requests.get(f"{stack.prometheus.url}/api/v1/rules", timeout=10).json()["data"]["groups"]
     rules = [rule for group in groups for rule in group["rules"]]
     alerting = {rule["name"] for rule in rules if rule["type"] == "alerting"}

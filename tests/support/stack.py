@@ -14,9 +14,10 @@ from pathlib import Path
 import requests
 import yaml
 
-from charts import cluster_releases, render
-from helpers import REPO, GiveUp, free_port, poll_until, stop_process, tail
-from otlp_receiver import OtlpReceiver
+from support.charts import cluster_releases, render
+from support.otlp_receiver import OtlpReceiver
+from support.paths import REPO
+from support.processes import GiveUp, free_port, poll_until, stop_process, tail
 
 BUILD = REPO / "tests" / "e2e" / "stack" / "build.sh"
 HELM_CONFIG = REPO / "helm-config"

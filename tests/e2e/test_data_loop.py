@@ -3,7 +3,7 @@
 The lines are the real service's, shipped by the real collector; Loki (AGPL-3.0) is never run, so these are
 contract tests: the export's Loki client reads them from a local HTTP server answering Loki's documented
 `query_range` API (paging included) from what the collector exported to Loki's OTLP address, ingested as
-Loki's OTLP endpoint documents it (loki_contract.py).
+Loki's OTLP endpoint documents it (tests/support/loki_contract.py).
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from datetime import UTC, datetime
 
 import pytest
 import requests
-import stack as st
-from loki_contract import LokiQueryServer
 
-from helpers import model_dirs, poll_until, start_server
+from support import stack as st
+from support.loki_contract import LokiQueryServer
+from support.processes import poll_until
+from support.service_process import model_dirs, start_server
 
 
 @pytest.fixture(scope="module")
