@@ -41,9 +41,9 @@ train: ## Train, evaluate and save the model with its drift baseline (EXTRA_DATA
 serve: ## Serve on 127.0.0.1:3000 (PORT=... to change), training first if there is no model; logs on stdout
 	@$(BENTOML) models get newsgroups_classifier:latest >/dev/null 2>&1 || $(MAKE) train
 	$(PY) -m newsgroups_classifier.local_config --otlp-endpoint $(OTLP_ENDPOINT) --protocol $(OTLP_PROTOCOL) \
-		--sample-rate $(SAMPLE_RATE) --output $(BENTOML_HOME)/bentoml-local.yaml
-	BENTOML_CONFIG=$(BENTOML_HOME)/bentoml-local.yaml $(BENTOML) serve \
-		newsgroups_classifier.service:NewsgroupsClassifier --host 127.0.0.1 --port $(PORT)
+		--sample-rate $(SAMPLE_RATE) --bentoml-config $(BENTOML_HOME)/bentoml.yaml --env $(BENTOML_HOME)/service.env
+	set -a && . $(BENTOML_HOME)/service.env && set +a && BENTOML_CONFIG=$(BENTOML_HOME)/bentoml.yaml \
+		$(BENTOML) serve newsgroups_classifier.service:NewsgroupsClassifier --host 127.0.0.1 --port $(PORT)
 
 test: lint stack-bin deploy-tools cluster-bin cluster-images stack-images ## Lint, validate the deployment files, run every test including the end-to-end and cluster tiers
 	$(PY) -m pytest

@@ -67,17 +67,10 @@ class Server:
     kind: str  # "ours" or "fastapi"
     sample_rate: float = 1.0
     env: dict = field(default_factory=dict)
-    overrides: dict | None = None  # merged into our BentoML configuration
 
 
-# Telemetry off: no traces sampled, BentoML's request metrics and access log disabled, and the
-# service's own telemetry (prediction events, ML metrics, inference spans) switched off.
-OFF = Server(
-    "ours",
-    0.0,
-    {"TELEMETRY": "off"},
-    {"services": {"metrics": {"enabled": False}, "logging": {"access": {"enabled": False}}}},
-)
+# Telemetry off: no spans, request or ML metrics, or events (BentoML's own are off as shipped).
+OFF = Server("ours", 0.0, {"TELEMETRY": "off"})
 SERVERS = {
     "fastapi": Server("fastapi", 0.0),
     "peer": Server("fastapi", 1.0, {"PEER_TELEMETRY": "on"}),
@@ -228,7 +221,6 @@ def start_ours(name: str, server: Server, workdir: Path, receiver: Receiver) -> 
         "grpc",
         server.sample_rate,
         env={"OTEL_RESOURCE_ATTRIBUTES": f"{SERVER_ATTRIBUTE}={name}", **server.env},
-        config_overrides=server.overrides,
     )
     return Running(running.url, running.process.pid, running.stop)
 

@@ -5,10 +5,11 @@ The BentoML service (service.py) is the HTTP API around it.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sqlite3
-import threading
+from logging.handlers import QueueListener
 from pathlib import Path
 
 import bentoml
@@ -18,11 +19,11 @@ from pydantic import BaseModel, model_validator
 from . import compat
 from .config import SHUTDOWN_FLUSH_SECONDS, Settings
 from .feedback import FeedbackError, PredictionIdSigner, SeenIds, signing_key
-from .logs import install_json_logging
+from .logs import run_within, stop_writing
 from .metrics import TELEMETRY_ERRORS, ServiceMetrics
 from .model import predict_proba, tokenize, vectorize
-from .prediction_telemetry import ERRORS_LOGGER, ModelCall, PredictionTelemetry
-from .tracing import StepTimer, flush_spans, use_bentoml_tracer_provider
+from .prediction_telemetry import ModelCall, PredictionTelemetry
+from .tracing import StepTimer, flush_spans
 from .training import BASELINE_FILE
 
 FEEDBACK_LOGGER = "newsgroups_classifier.feedback"  # written before /feedback answers
@@ -74,10 +75,6 @@ class Classifier:
 
     def __init__(self, stored: bentoml.Model, settings: Settings):
         home = compat.bentoml_home()
-        self.log_writer = install_json_logging(
-            home / "stdout.lock", durable_loggers=[FEEDBACK_LOGGER], rate_limited=[ERRORS_LOGGER]
-        )
-        use_bentoml_tracer_provider()
         self.settings = settings
         self.version = stored.tag.version
         self.pipeline = bentoml.sklearn.load_model(stored)
@@ -137,16 +134,6 @@ class Classifier:
         self.metrics.observe_feedback(ref.model_version, ref.label, label)
         return fields["correct"]
 
-    def flush_telemetry(self) -> None:
-        """Write the queued log lines and export the pending spans (at shutdown: the worker then exits
-        without running atexit hooks), for a bounded time: a blocked stdout or a hung collector must
-        not hold the worker past its grace period."""
-        flushes = [threading.Thread(target=f, daemon=True) for f in (self.log_writer.stop, flush_spans)]
-        for flush in flushes:
-            flush.start()
-        for flush in flushes:
-            flush.join(SHUTDOWN_FLUSH_SECONDS)
-
     def _prediction(self, row: np.ndarray) -> Prediction:
         best = int(np.argmax(row))
         label = self.classes[best]
@@ -157,3 +144,9 @@ class Classifier:
             model_version=self.version,
             prediction_id=self.signer.issue(self.version, label),
         )
+
+
+def flush_telemetry(log_writer: QueueListener) -> None:
+    """Write the queued log lines and export the pending spans (at shutdown: the worker then exits
+    without running atexit hooks), for a bounded time."""
+    run_within(SHUTDOWN_FLUSH_SECONDS, functools.partial(stop_writing, log_writer), flush_spans)

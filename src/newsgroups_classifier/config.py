@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import PositiveInt, SecretStr
+from pydantic import PositiveFloat, PositiveInt, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .model import MODEL_NAME
@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     # Off: no prediction events, ML metrics or inference spans (BentoML's own telemetry has its own
     # switches). For measuring what telemetry costs, not for production.
     telemetry: Literal["on", "off"] = "on"
+    # How long a client may take to send a request's body before it gets a 408 (BentoML answers a
+    # request still unanswered after its `traffic.timeout` with a 504: keep this well below).
+    body_timeout_seconds: PositiveFloat = 10.0
+    # How spans are exported; the OpenTelemetry SDK itself reads the other OTEL_* variables (endpoint,
+    # timeout, sampler, resource attributes).
+    otel_exporter_otlp_protocol: Literal["grpc", "http/protobuf"] = "grpc"
     deployment_environment: str = "local"
     pod_name: str = ""
     pod_namespace: str = ""

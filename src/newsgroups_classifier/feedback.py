@@ -59,7 +59,7 @@ class PredictionIdSigner:
             raise FeedbackError("malformed_id", "prediction_id is malformed: expected <payload>.<signature>")
         if not hmac.compare_digest(signature, self._sign(encoded)):
             raise FeedbackError(
-                "unknown_id", "prediction_id is unknown: its signature does not match this service"
+                "unknown_id", "prediction_id is unknown: its signature does not match this service", 404
             )
         try:
             version, label, issued, nonce = _unb64(encoded).decode().split("|")

@@ -8,6 +8,7 @@ ground truth that a response acknowledges) are written before the call returns, 
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import functools
 import json
@@ -15,6 +16,8 @@ import logging
 import os
 import queue
 import select
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -24,12 +27,15 @@ from pathlib import Path
 import pythonjsonlogger.json
 from opentelemetry import trace
 
+from .config import SHUTDOWN_FLUSH_SECONDS
 from .metrics import DROPPED_LINES
 
 QUEUE_SIZE = 10_000
 DURABLE_WRITE_SECONDS = 5.0
 SERVICE_LOGGERS = "newsgroups_classifier"
 EXPORTER_LOGGERS = ("opentelemetry",)  # they complain on every failed export while a collector is down
+ERRORS_LOGGER = "newsgroups_classifier.errors"  # uncaught exceptions and warnings
+STDERR_LOGGER = "newsgroups_classifier.stderr"  # lines written to stderr
 
 
 class TraceIdFilter(logging.Filter):
@@ -103,6 +109,9 @@ class StdoutHandler(logging.Handler):
                 raise
             self.handleError(record)
 
+    def handleError(self, record: logging.LogRecord) -> None:
+        DROPPED_LINES.inc()  # not a traceback on stderr, which leads back here
+
     def write(self, text: str) -> None:
         data = memoryview(text.encode("utf-8", "replace"))
         deadline = time.monotonic() + DURABLE_WRITE_SECONDS if self._durable else None
@@ -142,6 +151,9 @@ class DroppingQueueHandler(QueueHandler):
         except queue.Full:
             DROPPED_LINES.inc()
 
+    def handleError(self, record: logging.LogRecord) -> None:
+        DROPPED_LINES.inc()  # a record that could not be formatted: not a traceback on stderr
+
 
 class RateLimitFilter(logging.Filter):
     """Lets through one record per logger per interval from the loggers named by `prefixes`, and says
@@ -177,25 +189,24 @@ class RateLimitFilter(logging.Filter):
 def install_json_logging(
     lock_path: Path, durable_loggers: Iterable[str], rate_limited: Iterable[str] = ()
 ) -> QueueListener:
-    """Replace BentoML's console handlers in this worker with the JSON pipeline; returns its listener
-    (stop it at shutdown: it writes what is still queued).
+    """Replace the console handlers of this process's loggers with the JSON pipeline; returns its
+    listener (stop it at shutdown: it writes what is still queued).
 
-    Called from the service's __init__, which runs after the worker has configured logging.
-    `durable_loggers` write synchronously; records of `rate_limited` (and the exporters') loggers are
-    let through once a minute per logger.
+    `durable_loggers` write synchronously; records of `rate_limited` (and the exporters' and stderr's)
+    loggers are let through once a minute per logger.
     """
     formatter, trace_ids = JsonFormatter(), TraceIdFilter()
     stdout = StdoutHandler(lock_path)
     stdout.setFormatter(logging.Formatter("%(message)s"))  # the queue handler formatted the line
     queued = DroppingQueueHandler(queue.Queue(QUEUE_SIZE))
     queued.setFormatter(formatter)
-    queued.addFilter(RateLimitFilter((*EXPORTER_LOGGERS, *rate_limited)))
+    queued.addFilter(RateLimitFilter((*EXPORTER_LOGGERS, STDERR_LOGGER, *rate_limited)))
     queued.addFilter(trace_ids)
     loggers = [logging.getLogger()] + [
         logger for logger in logging.root.manager.loggerDict.values() if isinstance(logger, logging.Logger)
     ]
     for logger in loggers:
-        if any(isinstance(h, logging.StreamHandler) for h in logger.handlers):
+        if logger is logging.root or any(isinstance(h, logging.StreamHandler) for h in logger.handlers):
             logger.handlers = [queued]
             logger.propagate = logger is logging.root  # one line per record, not one per handler
     logging.getLogger(SERVICE_LOGGERS).setLevel(logging.INFO)
@@ -208,3 +219,73 @@ def install_json_logging(
     listener = QueueListener(queued.queue, stdout)
     listener.start()
     return listener
+
+
+def take_over_process_output(
+    lock_path: Path, durable_loggers: Iterable[str], rate_limited: Iterable[str] = ()
+) -> QueueListener:
+    """Everything this process prints goes through the JSON pipeline: its loggers, uncaught exceptions,
+    warnings and whatever is written to stderr. Returns the pipeline's listener, which is stopped at
+    exit (within SHUTDOWN_FLUSH_SECONDS) unless `stop_writing` stopped it first.
+
+    Called when the service module is imported, which BentoML does after configuring logging and
+    before logging anything, in `bentoml serve` and in every worker: so every line is JSON from the
+    first byte, and no thread but the listener's ever waits on stdout.
+    """
+    listener = install_json_logging(lock_path, durable_loggers, rate_limited)
+    log_uncaught_exceptions_and_warnings(logging.getLogger(ERRORS_LOGGER))
+    capture_stderr(logging.getLogger(STDERR_LOGGER))
+    atexit.register(run_within, SHUTDOWN_FLUSH_SECONDS, listener.stop)  # how `bentoml serve` ends
+    return listener
+
+
+def stop_writing(listener: QueueListener) -> None:
+    """Write the queued lines, then stop the writer (a worker at shutdown: it skips atexit hooks)."""
+    atexit.unregister(run_within)
+    listener.stop()
+
+
+def run_within(seconds: float, *calls: Callable[[], object]) -> None:
+    """Run `calls` side by side for at most `seconds`: a blocked stdout or a hung collector must not
+    hold a process past its grace period."""
+    threads = [threading.Thread(target=call, daemon=True) for call in calls]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + seconds
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def log_uncaught_exceptions_and_warnings(logger: logging.Logger) -> None:
+    """Uncaught exceptions (main thread, other threads, `__del__`) and warnings become records, not text
+    that Python would print on stderr."""
+
+    def uncaught(kind, value, traceback) -> None:
+        logger.critical("uncaught exception", exc_info=(kind, value, traceback))
+
+    def in_thread(hook: threading.ExceptHookArgs) -> None:
+        name = hook.thread.name if hook.thread else "?"
+        exc_info = (hook.exc_type, hook.exc_value, hook.exc_traceback)
+        logger.error("uncaught exception in thread %s", name, exc_info=exc_info)
+
+    def unraisable(hook) -> None:
+        exc_info = (hook.exc_type, hook.exc_value, hook.exc_traceback)
+        logger.warning("%s: %r", hook.err_msg or "exception ignored", hook.object, exc_info=exc_info)
+
+    sys.excepthook, threading.excepthook, sys.unraisablehook = uncaught, in_thread, unraisable
+    logging.captureWarnings(True)
+
+
+def capture_stderr(logger: logging.Logger) -> None:
+    """Every line written to this process's stderr (fd 2: Python's or a C library's, such as gRPC's
+    core) becomes a record of `logger`, read by a thread from a pipe of this process's own."""
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump() -> None:
+        with open(read_end, "rb") as pipe:
+            for line in pipe:
+                logger.warning(line.decode("utf-8", "replace").rstrip("\n"))
+
+    threading.Thread(target=pump, name="stderr-to-log", daemon=True).start()

@@ -1,23 +1,42 @@
-"""The service's Prometheus metrics: ML signals, rejections, feedback and the training baseline.
+"""The service's Prometheus metrics: HTTP requests, ML signals, rejections, feedback and the training
+baseline.
 
 Workers run prometheus_client in multiprocess mode (BentoML sets it up): counters and histograms are
-summed over workers on /metrics; gauges say how to combine them (`max`: every worker writes the same).
+summed over workers on /metrics; gauges say how to combine them (`max`: every worker writes the same;
+`livesum`: the sum over live workers, once a dead worker's files are marked dead).
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+from pathlib import Path
+
+import psutil
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.utils import floatToGoString
 
 from .drift_signals import HISTOGRAM_SIGNALS, Signals
 
 PREFIX = "newsgroups"
 INFERENCE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5)
+# Request latency: the SLO's threshold (250 ms) is a bucket edge.
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 ENDPOINTS = ("predict", "predict_batch", "feedback")
 REJECTION_REASONS = (
     "empty_text",
     "body_too_large",
+    "body_timeout",
     "invalid_utf8",
+    "invalid_unicode",
     "malformed_json",
     "invalid_field",
     "unsupported_media_type",
@@ -27,6 +46,9 @@ REJECTION_REASONS = (
     "expired_id",
     "duplicate_id",
     "unknown_label",
+    "not_found",
+    "method_not_allowed",
+    "invalid_request",
 )
 SIGNAL_HISTOGRAMS = {
     "confidence": ("prediction_confidence", "Calibrated probability of the predicted class"),
@@ -35,12 +57,29 @@ SIGNAL_HISTOGRAMS = {
     "oov_ratio": ("input_oov_ratio", "Share of input tokens missing from the model vocabulary"),
 }
 
-# Module level: the middleware counts rejections before any service instance exists.
+# Module level: the HTTP edge counts requests before any service instance exists. Label values come
+# from fixed sets (routes, methods, status codes, reasons), never from what a client wrote.
+HTTP_REQUESTS = Counter(
+    f"{PREFIX}_http_requests", "HTTP requests by route, method and status code", ["route", "method", "code"]
+)
+HTTP_DURATION = Histogram(
+    f"{PREFIX}_http_request_duration_seconds",
+    "Time to answer a request, by route",
+    ["route"],
+    buckets=HTTP_BUCKETS,
+)
+HTTP_IN_PROGRESS = Gauge(
+    f"{PREFIX}_http_requests_in_progress",
+    "Requests being answered, by route",
+    ["route"],
+    multiprocess_mode="livesum",
+)
 REJECTED = Counter(
     f"{PREFIX}_rejected_requests", "Requests rejected with a 4xx, by reason", ["endpoint", "reason"]
 )
 DROPPED_LINES = Counter(
-    f"{PREFIX}_log_lines_dropped", "Log lines dropped (not written) while stdout was blocked"
+    f"{PREFIX}_log_lines_dropped",
+    "Log lines dropped: stdout blocked with the queue full, or a line that could not be formatted or written",
 )
 TELEMETRY_STAGES = ("spans", "metrics", "events", "feedback")
 TELEMETRY_ERRORS = Counter(
@@ -57,6 +96,42 @@ def model_gauge(name: str, help_text: str, labels: list[str]) -> Gauge:
 
 def count_rejection(endpoint: str, reason: str) -> None:
     REJECTED.labels(endpoint=endpoint, reason=reason).inc()
+
+
+def exposition() -> tuple[bytes, str]:
+    """/metrics: every worker's samples, merged (prometheus_client's multiprocess collector)."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def _workers() -> Path:
+    """Where each worker of this instance registers: among the multiprocess files (which BentoML wipes
+    at every start, so no entry outlives its instance)."""
+    return Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]) / "workers"
+
+
+def register_worker() -> None:
+    """Register this worker, so that its live gauges are removed once it is dead (`forget_dead_workers`)."""
+    forget_dead_workers()
+    _workers().mkdir(exist_ok=True)
+    (_workers() / str(os.getpid())).write_text(str(psutil.Process().create_time()))
+
+
+def forget_dead_workers() -> None:
+    """Mark registered workers that are gone as dead: their requests in progress no longer count (a
+    SIGKILLed worker never says so itself). A pid reused by another process is dead too."""
+    if not _workers().is_dir():
+        return
+    for entry in _workers().iterdir():
+        pid, started = int(entry.name), float(entry.read_text() or 0)
+        try:
+            alive = psutil.Process(pid).create_time() == started
+        except psutil.Error:
+            alive = False
+        if not alive:
+            multiprocess.mark_process_dead(pid)
+            entry.unlink(missing_ok=True)
 
 
 class ServiceMetrics:
@@ -81,6 +156,12 @@ class ServiceMetrics:
             "Time spent in the model call that served the request",
             ["endpoint", *labels],
             buckets=INFERENCE_BUCKETS,
+        )
+        self.batch_size = Histogram(
+            f"{PREFIX}_batch_size",
+            "Texts per model call (adaptive batching merges concurrent requests)",
+            ["endpoint"],
+            buckets=BATCH_BUCKETS,
         )
         self.signal_histograms = {
             signal: Histogram(
@@ -126,14 +207,18 @@ class ServiceMetrics:
             for true_label in classes:
                 self.feedback.labels(self.version, label, true_label)
         self._empty = self.empty_inputs.labels(self.version)
-        for endpoint in ENDPOINTS:
+        for endpoint in (*ENDPOINTS, "other"):
             for reason in REJECTION_REASONS:
                 REJECTED.labels(endpoint=endpoint, reason=reason)
+        for endpoint in ENDPOINTS:  # an API's error ratio is 0, not missing, before its first error
+            for code in ("200", "500"):
+                HTTP_REQUESTS.labels(f"/{endpoint}", "POST", code)
         for stage in TELEMETRY_STAGES:
             TELEMETRY_ERRORS.labels(stage)
         self._inference = {
             endpoint: self.inference_seconds.labels(endpoint, self.version) for endpoint in ENDPOINTS[:2]
         }
+        self._batch_size = {endpoint: self.batch_size.labels(endpoint) for endpoint in ENDPOINTS[:2]}
         self._signals = [
             (signal, histogram.labels(self.version)) for signal, histogram in self.signal_histograms.items()
         ]
@@ -147,8 +232,11 @@ class ServiceMetrics:
             for value in signals.value(signal).tolist():
                 histogram.observe(value)
 
-    def observe_inference_seconds(self, endpoint: str, seconds: float) -> None:
-        self._inference[endpoint].observe(seconds)
+    def observe_model_call(self, endpoint: str, texts: int, requests: int, seconds: float) -> None:
+        """One model call: its batch size, and its time for each request it served."""
+        self._batch_size[endpoint].observe(texts)
+        for _ in range(requests):  # each request waited for the whole model call
+            self._inference[endpoint].observe(seconds)
 
     def observe_feedback(self, model_version: str, predicted: str, true_label: str) -> None:
         self.feedback.labels(model_version, predicted, true_label).inc()

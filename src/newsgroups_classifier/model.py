@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
+import sklearn
 from scipy.sparse import csr_matrix
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer, TfidfTransformer
@@ -15,6 +16,10 @@ from sklearn.pipeline import Pipeline
 MODEL_NAME = "newsgroups_classifier"
 TOKEN_PATTERN = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token pattern
 CALIBRATION_FOLDS = 5
+# The pipeline's inputs at prediction are token lists and its own TF-IDF matrices: scikit-learn need
+# not validate its parameters and check for NaN again on every call (a sixth of a single prediction's
+# CPU: docs/benchmarks.md).
+TRUSTED_INPUT = {"assume_finite": True, "skip_parameter_validation": True}
 
 
 def tokenize(text: str) -> list[str]:
@@ -59,10 +64,12 @@ def build_pipeline(alpha: float = 0.3) -> Pipeline:
 def vectorize(pipeline: Pipeline, token_lists: Sequence[list[str]]) -> tuple[csr_matrix, np.ndarray]:
     """The TF-IDF features of tokenised documents, and per document how many of its tokens the
     vocabulary knows (repeats included): the row sums of the counts."""
-    counts = pipeline.named_steps["counts"].transform(token_lists)
-    known = np.asarray(counts.sum(axis=1)).ravel()
-    return pipeline.named_steps["tfidf"].transform(counts), known
+    with sklearn.config_context(**TRUSTED_INPUT):
+        counts = pipeline.named_steps["counts"].transform(token_lists)
+        known = np.asarray(counts.sum(axis=1)).ravel()
+        return pipeline.named_steps["tfidf"].transform(counts), known
 
 
 def predict_proba(pipeline: Pipeline, features: csr_matrix) -> np.ndarray:
-    return pipeline.named_steps["classifier"].predict_proba(features)
+    with sklearn.config_context(**TRUSTED_INPUT):
+        return pipeline.named_steps["classifier"].predict_proba(features)

@@ -113,8 +113,7 @@ class PredictionTelemetry:
     def _observe(self, endpoint: str, request_count: int, call: ModelCall) -> Signals:
         observed = signals([len(tokens) for tokens in call.tokens], call.known, call.probabilities)
         self.metrics.observe_predictions([p.label for p in call.predictions], observed)
-        for _ in range(request_count):  # each request waited for the whole model call
-            self.metrics.observe_inference_seconds(endpoint, call.timer.seconds)
+        self.metrics.observe_model_call(endpoint, len(call.items), request_count, call.timer.seconds)
         return observed
 
     def _log_events(

@@ -6,42 +6,74 @@ from typing import Annotated
 
 import bentoml
 from bentoml.validators import ContentType
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 from starlette.responses import JSONResponse
 
-from .classifier import BatchText, Classifier, FeedbackUnavailable, Prediction, resolve_model
+from . import compat, metrics
+from .api_schema import TEXT
+from .classifier import (
+    FEEDBACK_LOGGER,
+    BatchText,
+    Classifier,
+    FeedbackUnavailable,
+    Prediction,
+    flush_telemetry,
+    resolve_model,
+)
 from .config import Settings
 from .feedback import FeedbackError
-from .guard import RequestGuard
-from .metrics import count_rejection
-from .tracing import export_resource_attributes
+from .http_edge import HttpEdge
+from .logs import take_over_process_output
+from .prediction_telemetry import ERRORS_LOGGER
+from .tracing import NOT_THE_API, configure_tracing
 
+SERVICE_NAME = "newsgroups-classifier"
 JSON = "application/json"
+# First, in `bentoml serve` and in each worker (both import this module before logging anything):
+# every line printed from here on is JSON, and only the log writer's thread ever waits on stdout.
+log_writer = take_over_process_output(
+    compat.bentoml_home() / "stdout.lock", durable_loggers=[FEEDBACK_LOGGER], rate_limited=[ERRORS_LOGGER]
+)
 settings = Settings()
 STORED_MODEL = resolve_model(settings.model_tag)
-export_resource_attributes(settings, STORED_MODEL.tag.version)  # before BentoML builds its tracer
+
+# /predict takes one text and answers one prediction, and is batchable all the same: BentoML's adaptive
+# batching merges concurrent requests into one model call (a third of the CPU per request:
+# docs/benchmarks.md). These annotations make the one text a batch of one, and the batch of one the
+# answer; the API schema shows a text and a prediction.
+OneText = Annotated[list[BatchText], BeforeValidator(lambda item: [item]), WithJsonSchema(TEXT)]
+OnePrediction = Annotated[
+    list[Prediction],
+    PlainSerializer(lambda predictions: predictions[0].model_dump(), return_type=dict),
+    WithJsonSchema(Prediction.model_json_schema()),
+    ContentType(JSON),  # said once: else BentoML derives it from the JSON schema per response
+]
+Predictions = Annotated[list[Prediction], ContentType(JSON)]
+# Sync methods, in BentoML's thread: the event loop gathers the next batch while one is predicted.
+BATCHING = {"batchable": True, "max_batch_size": 256, "max_latency_ms": 1000}
 
 
-@bentoml.service(name="newsgroups-classifier", workers=settings.workers)  # traffic: the ConfigMap
+@bentoml.service(name=SERVICE_NAME, workers=settings.workers)  # traffic: the ConfigMap
 class NewsgroupsClassifier:
     model_ref = bentoml.models.BentoModel(str(STORED_MODEL.tag))  # `bentoml build` packages this model
 
     def __init__(self) -> None:
+        metrics.register_worker()
+        if settings.telemetry_on:
+            configure_tracing(settings, SERVICE_NAME, STORED_MODEL.tag.version)
         self.classifier = Classifier(self.model_ref, settings)
 
     @bentoml.on_shutdown
     def flush_telemetry(self) -> None:
-        self.classifier.flush_telemetry()
+        flush_telemetry(log_writer)
 
-    # async: the model call (a few ms of CPU) runs on the event loop, without a hand-off to a thread
-    # and back (more predictions per CPU-second: docs/benchmarks.md).
-    @bentoml.api(route="/predict")
-    async def predict(self, text: str) -> Prediction:
-        return self.classifier.predict([BatchText(text=text)], "predict")[0]
+    @bentoml.api(route="/predict", **BATCHING)
+    def predict(self, text: OneText) -> OnePrediction:
+        return self.classifier.predict(text, "predict")
 
-    # sync (in BentoML's thread): the event loop gathers the next batch while one is predicted. The
-    # content type said once: else BentoML derives it from the list's JSON schema per response.
-    @bentoml.api(route="/predict_batch", batchable=True, max_batch_size=256, max_latency_ms=1000)
-    def predict_batch(self, texts: list[BatchText]) -> Annotated[list[Prediction], ContentType(JSON)]:
+    @bentoml.api(route="/predict_batch", **BATCHING)
+    def predict_batch(self, texts: list[BatchText]) -> Predictions:
         return self.classifier.predict(texts, "predict_batch")
 
     @bentoml.api(route="/feedback")  # sync: SQLite and a stdout write that may wait, off the event loop
@@ -49,14 +81,19 @@ class NewsgroupsClassifier:
         try:
             correct = self.classifier.feedback(prediction_id, label)
         except FeedbackError as error:
-            count_rejection("feedback", error.reason)
+            metrics.count_rejection("feedback", error.reason)
             return JSONResponse({"error": str(error), "reason": error.reason}, status_code=error.status)
         except FeedbackUnavailable as error:
             return JSONResponse({"error": f"{error}: retry later", "reason": "unavailable"}, status_code=503)
         return {"status": "recorded", "correct": correct}
 
 
-# Input checks before BentoML parses a request: every bad request gets a clear 4xx, counted.
-NewsgroupsClassifier.add_asgi_middleware(
-    RequestGuard, max_body_bytes=settings.max_body_bytes, max_batch_size=settings.max_batch_size
-)
+# Inside BentoML's own middlewares, outermost first. The API's server spans: OpenTelemetry's ASGI
+# instrumentation without its per-message `http receive`/`http send` spans (BentoML's, which makes
+# those, is switched off for every path in its configuration).
+if settings.telemetry_on:
+    NewsgroupsClassifier.add_asgi_middleware(
+        OpenTelemetryMiddleware, excluded_urls=NOT_THE_API, exclude_spans=["receive", "send"]
+    )
+# Every request: its route, its input checks, its metrics, and a JSON answer whatever happens.
+NewsgroupsClassifier.add_asgi_middleware(HttpEdge, settings=settings)

@@ -1,49 +1,53 @@
-"""Traces: the service's spans, exported through the tracer provider BentoML configures."""
+"""Traces: the OpenTelemetry SDK configured by the standard OTEL_* variables, a server span for each API
+request (OpenTelemetry's ASGI instrumentation), and one `inference` span per request for the model call."""
 
 from __future__ import annotations
 
-import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from opentelemetry import context, trace
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from . import compat
 from .config import Settings
 
 PROPAGATOR = TraceContextTextMapPropagator()
+EXPORTERS = {"grpc": GrpcSpanExporter, "http/protobuf": HttpSpanExporter}
+API_ROUTES = ("/predict", "/predict_batch", "/feedback")
+# Which request URLs (scheme://host/path) get no server span: all but the API's. A span is named
+# after its path and the collector makes a series per span name, so traced paths must be a fixed set.
+NOT_THE_API = "^(?![a-z]+://[^/]*(" + "|".join(re.escape(route) for route in API_ROUTES) + ")$)"
 
 
-def export_resource_attributes(settings: Settings, model_version: str) -> None:
-    """Put service version, environment, pod and namespace into OTEL_RESOURCE_ATTRIBUTES.
-
-    BentoML builds its tracer provider lazily in each worker and merges this variable into the
-    resource, so this must run at import of the service module, before the provider exists.
-    """
+def configure_tracing(settings: Settings, service_name: str, model_version: str) -> None:
+    """The global tracer provider of this worker: sampler from OTEL_TRACES_SAMPLER(_ARG) (parent-based),
+    exporter endpoint and timeout from OTEL_EXPORTER_OTLP_*, spans exported in the background."""
     attributes = {
+        "service.name": service_name,
         "service.version": model_version,
         "deployment.environment.name": settings.deployment_environment,
         "k8s.pod.name": settings.pod_name,
         "k8s.namespace.name": settings.pod_namespace,
     }
-    existing = os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
-    ours = ",".join(f"{key}={value}" for key, value in attributes.items() if value)
-    os.environ["OTEL_RESOURCE_ATTRIBUTES"] = ",".join(part for part in (ours, existing) if part)
-
-
-def use_bentoml_tracer_provider() -> None:
-    """Make the provider BentoML built for this worker the global one, so that spans from
-    `trace.get_tracer()` go where BentoML's server spans go, sampled alike (parent-based)."""
-    trace.set_tracer_provider(compat.tracer_provider())
+    # Resource.create adds OTEL_RESOURCE_ATTRIBUTES; OTEL_SERVICE_NAME takes precedence if set.
+    provider = TracerProvider(resource=Resource.create({k: v for k, v in attributes.items() if v}))
+    exporter = EXPORTERS[settings.otel_exporter_otlp_protocol]()
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
 
 
 def request_context(traceparent: str = "") -> context.Context:
     """The trace context of a request: from its `traceparent` when the text came through an adaptive
-    batch (which mixes the texts of many requests), else the current one (BentoML's server span)."""
+    batch (which mixes the texts of many requests), else the current one (the server span)."""
     if traceparent:
         return PROPAGATOR.extract({"traceparent": traceparent})
     return context.get_current()
@@ -85,32 +89,30 @@ class StepTimer:
 def record_inference(
     tracer: trace.Tracer, parent: context.Context, timer: StepTimer, attributes: dict
 ) -> trace.Span | None:
-    """The `inference` span of one request below `parent`, with a child span per step, timed by
-    `timer`; a step that raised gives its span and `inference` the error status.
+    """The `inference` span of one request below `parent`, timed by `timer`, with each step's duration
+    as an attribute (`inference.<step>.duration_ms`: which step took how long, in one span); a step
+    that raised gives the span the error status and its name as `inference.failed_step`.
 
-    None below an unsampled parent: sampling is parent-based, and BentoML's sampler would still
-    record spans that are never exported.
+    None below an unsampled parent: sampling is parent-based.
     """
     if not trace.get_current_span(parent).get_span_context().trace_flags.sampled:
         return None
-    inference = tracer.start_span("inference", parent, start_time=timer.start_ns, attributes=attributes)
-    below = trace.set_span_in_context(inference, parent)
-    for name, start, end, error in timer.steps:
-        step = tracer.start_span(name, below, start_time=start)
+    steps = {f"inference.{name}.duration_ms": (end - start) / 1e6 for name, start, end, _ in timer.steps}
+    inference = tracer.start_span(
+        "inference", parent, start_time=timer.start_ns, attributes={**attributes, **steps}
+    )
+    for name, _, _, error in timer.steps:
         if error is not None:
-            _set_error(step, error)
-            _set_error(inference, error)
-        step.end(end_time=end)
+            inference.set_attribute("inference.failed_step", name)
+            inference.record_exception(error)
+            inference.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
     inference.end(end_time=timer.end_ns)
     return inference
-
-
-def _set_error(span: trace.Span, error: BaseException) -> None:
-    span.record_exception(error)
-    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
 
 
 def flush_spans() -> None:
     """Export the spans still waiting in the batch span processor (at shutdown: the worker then exits
     without running atexit hooks, so the last batch would die with it)."""
-    trace.get_tracer_provider().force_flush()
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.force_flush()

@@ -37,7 +37,7 @@ def http_service(models_home, receiver, tmp_path_factory):
         models_home,
         tmp_path_factory.mktemp("http"),
         receiver.http_endpoint,
-        "http",
+        "http/protobuf",
         0.001,
         env={"LOG_TEXT": "prefix", "LOG_TEXT_CHARS": "12"},
     )

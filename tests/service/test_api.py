@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import requests
@@ -27,7 +28,7 @@ def test_curl_form_encoded_raw_text_is_predicted(service):
         timeout=10,
         check=True,
     ).stdout
-    assert '"label":"rec.sport.baseball"' in output
+    assert json.loads(output)["label"] == "rec.sport.baseball"
 
 
 def test_text_plain_and_json_give_the_same_prediction(service):
@@ -81,8 +82,8 @@ def test_feedback_rejections_say_what_is_wrong(service):
     payload, signature = valid.split(".")
     cases = {
         "not-an-id": (400, "malformed_id"),
-        f"{payload}.{'A' * len(signature)}": (400, "unknown_id"),  # forged signature
-        f"{payload[:-4]}AAAA.{signature}": (400, "unknown_id"),  # tampered payload
+        f"{payload}.{'A' * len(signature)}": (404, "unknown_id"),  # forged signature
+        f"{payload[:-4]}AAAA.{signature}": (404, "unknown_id"),  # tampered payload
     }
     for prediction_id, (status, reason) in cases.items():
         response = requests.post(

@@ -50,25 +50,24 @@ def test_prediction_event_has_every_field_and_the_callers_trace_id(grpc_service)
     assert event["input_chars"] == len(TEXT) and event["input_tokens"] > 0 and event["latency_ms"] > 0
 
 
-def test_every_line_of_a_request_carries_its_trace_id_in_one_form(grpc_service):
+def lines_of(server, trace_id: str) -> list[dict]:
+    return [json.loads(line) for line in server.log_lines() if trace_id in line]
+
+
+def test_a_prediction_leaves_one_line_and_a_rejection_one_line_with_its_trace_id(grpc_service):
     trace_id, _ = predict_traced(grpc_service)
-    ours = poll_until(
-        lambda: (
-            (lines := [json.loads(line) for line in grpc_service.log_lines() if trace_id in line])
-            and {"bentoml.access", "newsgroups_classifier.predictions"} <= {e["logger"] for e in lines}
-            and lines
-        ),
-        timeout=10,
-        what="the access log line and the prediction event",
-    )
-    assert len(ours) == 2 and all(line["trace_id"] == trace_id for line in ours)
-    # Every request line of the service, whatever request it was, has one in the same form.
-    request_lines = [
-        line
-        for line in grpc_service.log_lines()
-        if '"logger":"bentoml.access"' in line or '"logger":"newsgroups_classifier.predictions"' in line
-    ]
-    assert len(request_lines) >= 2
+    rejected = secrets.token_hex(16)
+    headers = {"traceparent": f"00-{rejected}-{secrets.token_hex(8)}-01"}
+    response = requests.post(f"{grpc_service.url}/predict", data=b"  ", headers=headers, timeout=10)
+    assert response.status_code == 400
+    # The rejection's line is written after the prediction's: once it is there, both are.
+    (request,) = poll_until(lambda: lines_of(grpc_service, rejected), timeout=10, what="the rejection's line")
+    (prediction,) = lines_of(grpc_service, trace_id)  # no access log line beside the event
+    assert prediction["event"] == "prediction"
+    assert (request["event"], request["route"], request["status"]) == ("request", "/predict", 400)
+    assert request["reason"] == "empty_text" and request["trace_id"] == rejected
+    # Every line about a request, whatever request it was, has its trace id in the same form.
+    request_lines = [line for line in grpc_service.log_lines() if '"event":"' in line]
     assert all(TRACE_ID_IN_LINE.search(line) for line in request_lines)
 
 

@@ -13,8 +13,10 @@ TEXT = "The hockey season starts and the goalie is ready for the puck"
 
 
 FAMILIES = (
-    "bentoml_service_request_total",
-    "bentoml_service_request_duration_seconds_bucket",
+    "newsgroups_http_requests_total",
+    "newsgroups_http_request_duration_seconds_bucket",
+    "newsgroups_http_requests_in_progress",
+    "newsgroups_batch_size_bucket",
     "newsgroups_predictions_total",
     "newsgroups_prediction_confidence_bucket",
     "newsgroups_prediction_entropy_bucket",
@@ -34,7 +36,6 @@ FAMILIES = (
 
 
 def test_expected_families_and_precreated_labels(service):
-    # BentoML's request metrics have samples once a request was made (probes are not counted).
     assert requests.post(f"{service.url}/predict", json={"text": TEXT}, timeout=10).ok
     samples = scrape(service.url)
     missing = [family for family in FAMILIES if family not in {name for name, _ in samples}]
@@ -89,16 +90,15 @@ def test_counts_move_by_exactly_the_requests_made_with_two_workers(service):
         assert moved == count, endpoint
     rejected = "newsgroups_rejected_requests_total"
     assert value(after, rejected, reason="empty_text") - value(before, rejected, reason="empty_text") == 1
-    # BentoML's request metrics, by status.
-    for family, status, count in (
-        ("bentoml_service_request_total", "200", 30),
-        ("bentoml_service_request_total", "400", 1),
-        ("bentoml_service_request_duration_seconds_count", "200", 30),
-        ("bentoml_service_request_duration_seconds_count", "400", 1),
-    ):
-        labels = {"endpoint": "/predict", "http_response_code": status}
-        assert value(after, family, **labels) - value(before, family, **labels) == count, (family, status)
-    assert value(after, "bentoml_service_request_in_progress", endpoint="/predict") == 0
+    # The requests, by route and status code; one model call per /predict_batch request here.
+    requests_total = "newsgroups_http_requests_total"
+    for route, code, count in (("/predict", "200", 30), ("/predict", "400", 1), ("/predict_batch", "200", 1)):
+        labels = {"route": route, "method": "POST", "code": code}
+        moved = value(after, requests_total, **labels) - value(before, requests_total, **labels)
+        assert moved == count, (route, code)
+    duration = "newsgroups_http_request_duration_seconds_count"
+    assert value(after, duration, route="/predict") - value(before, duration, route="/predict") == 31
+    assert value(after, "newsgroups_http_requests_in_progress", route="/predict") == 0
 
 
 def test_restarting_another_instance_wipes_nothing(service, models_home, tmp_path):

@@ -11,12 +11,12 @@ import pytest
 import requests
 
 from newsgroups_classifier.config import SHUTDOWN_FLUSH_SECONDS
-from newsgroups_classifier.local_config import shipped_bentoml_config
+from newsgroups_classifier.local_config import shipped_service_env
 from support.processes import free_port, poll_until
 from support.service_process import start_server
 
 TEXT = "Which tires are best for a sports car in the rain"
-EXPORT_TIMEOUT = shipped_bentoml_config()["services"]["tracing"]["timeout"]  # seconds
+EXPORT_TIMEOUT = float(shipped_service_env()["OTEL_EXPORTER_OTLP_TIMEOUT"])  # seconds, as the SDK reads it
 
 
 class HangingEndpoint:
@@ -61,10 +61,10 @@ def hanging():
 
 @pytest.mark.parametrize("outage", ["refused-grpc", "refused-http", "hanging-grpc", "hanging-http"])
 def test_predictions_succeed_while_the_collector_is_down(outage, models_home, hanging, tmp_path):
-    kind, protocol = outage.split("-")
+    kind, transport = outage.split("-")
     port = free_port() if kind == "refused" else hanging.port  # nothing listens on a fresh free port
-    endpoint = f"http://127.0.0.1:{port}" + ("/v1/traces" if protocol == "http" else "")
-    server = start_server(models_home, tmp_path, endpoint, protocol, 1.0)
+    protocol = {"grpc": "grpc", "http": "http/protobuf"}[transport]
+    server = start_server(models_home, tmp_path, f"http://127.0.0.1:{port}", protocol, 1.0)
     try:
         took = latencies(server.url, 150)
         # No request waits for the exporter: each would take the export timeout if one did.

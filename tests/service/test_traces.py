@@ -1,9 +1,8 @@
-"""Traces: the server span and the inference spans reach a real OTLP receiver over gRPC and HTTP."""
+"""Traces: each request's server span and `inference` span reach a real OTLP receiver over gRPC and HTTP."""
 
 from __future__ import annotations
 
 import secrets
-from itertools import pairwise
 
 import pytest
 import requests
@@ -25,40 +24,31 @@ def traced_request(url: str, sampled: bool = True) -> tuple[str, str]:
 
 
 def whole_trace(receiver, trace_id: str, parent_id: str) -> list:
-    """The trace's spans once the server span (child of the caller's) and every inference step are in:
-    they can come in different exports, the server span ending last."""
+    """The trace's spans once the server span (child of the caller's) and `inference` are in: they can
+    come in different exports, the server span ending last."""
 
     def complete() -> list:
         spans = receiver.trace(trace_id)
-        names = {span.name for span in spans}
         has_server = any(span.parent_span_id == parent_id for span in spans)
-        return spans if has_server and names >= {"inference", *INFERENCE_STEPS} else []
+        return spans if has_server and "inference" in {span.name for span in spans} else []
 
     return poll_until(complete, timeout=20, what=f"the server and inference spans of trace {trace_id}")
 
 
 def assert_inference_trace(receiver, trace_id: str, parent_id: str, model_version: str) -> None:
     spans = whole_trace(receiver, trace_id, parent_id)
-    by_name = {span.name: span for span in spans}
     server = next(span for span in spans if span.parent_span_id == parent_id)  # continues the caller's trace
-    # The server span with BentoML's ASGI send/receive spans below it, and the inference steps.
-    asgi = [span for span in spans if span.name.endswith(("http send", "http receive"))]
-    assert all(span.parent_span_id == server.span_id for span in asgi)
-    assert sorted(span.name for span in spans if span not in asgi) == sorted(
-        [server.name, "inference", *INFERENCE_STEPS]
-    )
-    assert "predict" in server.name.lower() or server.attributes.get("http.target") == "/predict"
-    inference = by_name["inference"]
+    (inference,) = [span for span in spans if span.name == "inference"]
+    assert len(spans) == 2, [span.name for span in spans]  # no per-message or per-step spans
+    assert server.name == "POST /predict"
     assert inference.parent_span_id == server.span_id
-    assert inference.scope == by_name["predict"].scope == "newsgroups_classifier.prediction_telemetry"
-    for step in INFERENCE_STEPS:
-        assert by_name[step].parent_span_id == inference.span_id, step
-    # The steps follow each other inside `inference`, itself inside the server span.
-    steps = [by_name[step] for step in INFERENCE_STEPS]
-    assert server.start_ns <= inference.start_ns == steps[0].start_ns
-    assert all(a.end_ns == b.start_ns for a, b in pairwise(steps))
-    assert all(step.start_ns <= step.end_ns for step in steps)
-    assert steps[-1].end_ns <= inference.end_ns <= server.end_ns
+    assert inference.scope == "newsgroups_classifier.prediction_telemetry"
+    # Which step took how long: the steps follow each other inside `inference`, itself inside the
+    # server span.
+    steps = [inference.attributes[f"inference.{step}.duration_ms"] for step in INFERENCE_STEPS]
+    assert all(ms >= 0 for ms in steps)
+    assert sum(steps) == pytest.approx((inference.end_ns - inference.start_ns) / 1e6)
+    assert server.start_ns <= inference.start_ns <= inference.end_ns <= server.end_ns
     assert inference.attributes["model.name"] == "newsgroups_classifier"
     assert inference.attributes["model.version"] == model_version
     assert inference.attributes["prediction.label"] == "rec.motorcycles"
@@ -117,15 +107,12 @@ def test_each_request_of_an_adaptive_batch_keeps_its_own_trace(grpc_service, rec
         server = next(span for span in spans if span.parent_span_id == parent_id)
         inference = next(span for span in spans if span.name == "inference")
         assert inference.parent_span_id == server.span_id
-        assert {span.name for span in spans if span.parent_span_id == inference.span_id} == set(
-            INFERENCE_STEPS
-        )
     batch_sizes = {s.attributes["batch.size"] for s in receiver.spans if s.name == "inference"}
     assert max(batch_sizes) > 2, "no two requests were ever batched together"
 
 
 def test_spans_still_waiting_for_their_batch_are_exported_at_shutdown(models_home, receiver, tmp_path):
-    # 20 requests make 120 spans: fewer than a batch (512), sent faster than the exporter's schedule
+    # 20 requests make 40 spans: fewer than a batch (512), sent faster than the exporter's schedule
     # (5 s). Without the shutdown flush, they would die with the worker.
     server = start_server(models_home, tmp_path, receiver.grpc_endpoint, "grpc", 1.0)
     try:
@@ -133,6 +120,5 @@ def test_spans_still_waiting_for_their_batch_are_exported_at_shutdown(models_hom
     finally:
         code = server.stop()
     assert code == 0, f"exit status {code}"
-    expected = {"inference", *INFERENCE_STEPS}
-    lost = [t for t in sent if not expected <= {span.name for span in receiver.trace(t)}]
+    lost = [t for t in sent if len(receiver.trace(t)) < 2]
     assert not lost, f"{len(lost)} of {len(sent)} traces lost at shutdown"

@@ -86,7 +86,8 @@ class OtlpReceiver:
 
     @property
     def http_endpoint(self) -> str:
-        return f"http://{self.host}:{self.http_port}/v1/traces"
+        """The base URL an OTLP/HTTP exporter is given (it adds /v1/traces)."""
+        return f"http://{self.host}:{self.http_port}"
 
     def dump(self, kind: str, request) -> None:
         """Write one export request to dump_dir as <n>.<kind>, renamed into place (never half-written)."""

@@ -15,7 +15,7 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from newsgroups_classifier.local_config import local_bentoml_config, shipped_service_env
+from newsgroups_classifier.local_config import local_service_env, shipped_bentoml_config
 from support.processes import GiveUp, free_port, poll_until, stop_process, tail
 
 SERVICE = "newsgroups_classifier.service:NewsgroupsClassifier"
@@ -34,17 +34,6 @@ def scrape(url: str) -> dict[tuple[str, tuple], float]:
 def value(samples: dict, name: str, **labels: str) -> float:
     """The sum of the samples of `name` whose labels include `labels`."""
     return sum(v for (n, lbls), v in samples.items() if n == name and labels.items() <= dict(lbls).items())
-
-
-def merged(base: dict, overrides: dict) -> dict:
-    """`base` with `overrides` merged in, nested dictionaries key by key."""
-    result = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = merged(result[key], value)
-        else:
-            result[key] = value
-    return result
 
 
 @dataclass
@@ -78,26 +67,24 @@ def start_server(
     stdout_path: Path | None = None,
     cri_log: Path | None = None,
     timeout: float = 90,
-    config_overrides: dict | None = None,
     wrapper: Sequence[str] = (),
 ) -> Server:
-    """Start the service with the shipped configuration (only OTLP endpoint and sampling rewritten).
+    """Start the service with the shipped configuration (only where spans go, and how many, changed;
+    `env` on top).
 
     Each server gets its own BentoML home (BentoML wipes its metrics folder at start), sharing the
-    trained models of `models_home`. `config_overrides` is merged into the BentoML configuration,
-    e.g. `{"services": {"metrics": {"enabled": False}}}`. `wrapper` goes before the command.
+    trained models of `models_home`. `wrapper` goes before the command.
     """
     home = workdir / f"home-{free_port()}"
     home.mkdir(parents=True)
     (home / "models").symlink_to(models_home / "models")
     config_path = home / "bentoml.yaml"
-    config = merged(local_bentoml_config(otlp_endpoint, protocol, sample_rate), config_overrides or {})
-    config_path.write_text(yaml.safe_dump(config))
+    config_path.write_text(yaml.safe_dump(shipped_bentoml_config()))
     port = free_port()
     log_path = stdout_path or home / "stdout.log"
     full_env = {
         **os.environ,
-        **shipped_service_env(),
+        **local_service_env(otlp_endpoint, protocol, sample_rate),
         "BENTOML_HOME": str(home),
         "BENTOML_CONFIG": str(config_path),
         "BENTOML_DO_NOT_TRACK": "true",

@@ -1,14 +1,16 @@
 """The BentoML internals that compat.py uses still exist in the installed BentoML, and do what it says.
 
-If one of these fails after a BentoML upgrade, the service cannot export its spans or find its state:
-fix compat.py (or pin BentoML back) before anything else.
+If one of these fails after a BentoML upgrade, the service cannot find its state: fix compat.py (or pin
+BentoML back) before anything else. (tests/service/test_api.py checks the served instance keeps its
+state in its own home.)
 """
 
 from __future__ import annotations
 
+import os
 from importlib.metadata import requires, version
+from pathlib import Path
 
-from opentelemetry.sdk.trace import TracerProvider
 from packaging.requirements import Requirement
 
 from newsgroups_classifier import compat
@@ -19,7 +21,7 @@ def test_bentoml_is_in_the_range_pyproject_pins():
     assert pinned.specifier.contains(version("bentoml")), (version("bentoml"), str(pinned))
 
 
-def test_tracer_provider_is_an_sdk_provider_and_always_the_same():
-    provider = compat.tracer_provider()
-    assert isinstance(provider, TracerProvider)
-    assert compat.tracer_provider() is provider  # the one BentoML's ASGI middleware exports through
+def test_bentoml_home_is_the_one_bentoml_uses():
+    expected = Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml")).resolve()
+    assert compat.bentoml_home().resolve() == expected
+    assert (expected / "models").is_dir()  # BentoML makes its model store there on first use
