@@ -62,10 +62,10 @@ format: ## Format the code with ruff
 validate: stack-bin deploy-tools ## Check manifests, Helm values, dashboards and alert rules offline
 	$(PY) -m pytest tests/deploy
 
-stack-bin: ## Build Prometheus and the OpenTelemetry Collector from the Go module proxy (cached by version)
+stack-bin: ## Build Prometheus, Alertmanager and the OpenTelemetry Collector from the Go module proxy (cached by version)
 	bash tests/e2e/stack/build.sh
 
-cluster-bin: ## Build the cluster tier's Kubernetes v1.35.4 binaries, etcd and CoreDNS from the Go module proxy (cached)
+cluster-bin: ## Build the cluster tier's Kubernetes v1.35.4 binaries, etcd, CoreDNS and metrics-server from the Go module proxy (cached)
 	bash tests/cluster/build.sh
 
 cluster-packages: ## Install the cluster tier's Debian packages at pinned versions (containerd, runc, CNI plugins, buildah, ...)
@@ -74,8 +74,8 @@ cluster-packages: ## Install the cluster tier's Debian packages at pinned versio
 cluster-images: cluster-packages ## Make the base image `make build` builds on here, and the pause image, from Debian packages (cached)
 	bash tests/cluster/images.sh
 
-stack-images: stack-bin cluster-packages ## Images of the collector and Prometheus from `make stack-bin`'s binaries, for the cluster tier (cached)
-	bash tests/cluster/images.sh otelcol prometheus
+stack-images: stack-bin cluster-bin cluster-packages ## Images of the collector, Prometheus, Alertmanager and metrics-server from `make stack-bin`'s and `make cluster-bin`'s binaries, for the cluster tier (cached)
+	bash tests/cluster/images.sh otelcol prometheus alertmanager metrics-server
 
 cluster-test: cluster-bin cluster-images stack-images deploy-tools ## A real single-node Kubernetes: the collector and Prometheus from our values, `kubectl apply -f manifests/`, the `make build` image served, charts dry-run
 	$(PY) -m pytest tests/cluster
@@ -194,5 +194,5 @@ cluster-down: ## Remove the service, every release, their volumes and both names
 	-$(HELM) uninstall --namespace $(OBSERVABILITY_NAMESPACE) --ignore-not-found $(sort $(RELEASES) promtail)
 	-$(KUBECTL) delete namespace $(OBSERVABILITY_NAMESPACE) --ignore-not-found
 
-deploy-tools: ## Build the pinned Go tools `make validate` needs (kube-score, Pod Security checker, helm), cached
+deploy-tools: ## Build the pinned tools `make validate` needs (kube-score, Pod Security checker, helm, LogQL checker, Sloth) and package the metrics-server chart, cached
 	bash tests/deploy/tools.sh

@@ -11,6 +11,10 @@
 #          entrypoint the charts expect (the collector as /otelcol-k8s, the command its values name;
 #          Prometheus as /bin/prometheus, the official image's entrypoint), under the names the test-only
 #          values overlays use (tests/cluster/overlays/)
+#   alertmanager, metrics-server
+#          likewise FROM scratch: Alertmanager (`make stack-bin`) as /bin/alertmanager and metrics-server
+#          (`make cluster-bin`, tests/cluster/build.sh) as /metrics-server, the official images'
+#          entrypoints (their charts pass only arguments)
 #
 #   tests/cluster/images.sh [IMAGE...]            make what is missing (default: base pause)
 #   tests/cluster/images.sh --env                 print the environment `bentoml containerize --backend
@@ -31,6 +35,9 @@ PAUSE_IMAGE=registry.k8s.io/pause:3.10
 # The tags say which release each binary is (tests/e2e/stack/otelcol/builder.yaml, helm-config/charts.env).
 OTELCOL_IMAGE=localhost/newsgroups-observability/opentelemetry-collector:0.165.0
 PROMETHEUS_IMAGE=localhost/newsgroups-observability/prometheus:v3.14.0
+ALERTMANAGER_IMAGE=localhost/newsgroups-observability/alertmanager:v0.34.0
+# (metrics-server: tests/cluster/metrics-server/go.mod)
+METRICS_SERVER_IMAGE=localhost/newsgroups-observability/metrics-server:v0.8.0
 SUITE=bookworm
 # Pinned: the service's Python and pip. The rest is what the suite's minbase variant installs.
 BASE_PACKAGES=(python3=3.11.2-1+b1 python3-pip=23.0.1+dfsg-1 ca-certificates)
@@ -152,6 +159,13 @@ stack_binary() { # the path of a binary `make stack-bin` builds, or fail
 	echo "$path"
 }
 
+cluster_binary() { # the path of a binary `make cluster-bin` builds, or fail
+	local path
+	path=$(bash "$here/build.sh" --print-path "$1")
+	[ -x "$path" ] || { echo "images.sh: $1 is not built ($path): run \`make cluster-bin\`" >&2; exit 1; }
+	echo "$path"
+}
+
 images=("$@")
 [ $# -gt 0 ] || images=(base pause)
 start=$(date +%s)
@@ -161,7 +175,10 @@ for image in "${images[@]}"; do
 	pause) make_pause ;;
 	otelcol) make_binary_image "$OTELCOL_IMAGE" "$(stack_binary otelcol)" /otelcol-k8s ;;
 	prometheus) make_binary_image "$PROMETHEUS_IMAGE" "$(stack_binary prometheus)" /bin/prometheus ;;
-	*) echo "images.sh: unknown image '$image' (base, pause, otelcol, prometheus)" >&2; exit 1 ;;
+	alertmanager) make_binary_image "$ALERTMANAGER_IMAGE" "$(stack_binary alertmanager)" /bin/alertmanager ;;
+	metrics-server) make_binary_image "$METRICS_SERVER_IMAGE" "$(cluster_binary metrics-server)" /metrics-server ;;
+	*) echo "images.sh: unknown image '$image' (base, pause, otelcol, prometheus, alertmanager, metrics-server)" >&2
+		exit 1 ;;
 	esac
 done
 echo "images.sh: done in $(($(date +%s) - start)) s"

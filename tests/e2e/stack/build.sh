@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build the real permissive backends of the e2e stack from source, through the
 # Go module proxy: Prometheus at the version pinned in helm-config/charts.env
-# (the appVersion of the pinned chart), and the OpenTelemetry Collector with the
-# components of otelcol/builder.yaml, at that file's release.
+# (the appVersion of the pinned chart), Alertmanager at the version pinned there
+# (the appVersion of that chart's alertmanager subchart), and the OpenTelemetry
+# Collector with the components of otelcol/builder.yaml, at that file's release.
 #
 #   tests/e2e/stack/build.sh [COMPONENT...]        build what is missing (default: all)
 #   tests/e2e/stack/build.sh --print-dir COMPONENT print the component's bin directory
@@ -10,7 +11,8 @@
 #   tests/e2e/stack/build.sh --check [COMPONENT...] exit 0 if all those binaries exist
 #   tests/e2e/stack/build.sh --list                print "component binary path" lines
 #
-# Components and binaries: prometheus (prometheus, promtool), otelcol (otelcol).
+# Components and binaries: prometheus (prometheus, promtool), alertmanager
+# (alertmanager, amtool), otelcol (otelcol).
 # Loki, Promtail, Tempo, Grafana and MinIO are AGPL-3.0: never built or run here.
 #
 # Binaries go to a cache outside the clone, keyed by version:
@@ -23,7 +25,12 @@
 # Prometheus is a tiny Go module in prometheus/ (go.mod + go.sum, made by
 # gen-gomod.sh) that requires the upstream module at the pinned version and
 # repeats its remote replace/exclude lines and its full require list, so the
-# dependency versions are exactly the upstream release's. Builds use
+# dependency versions are exactly the upstream release's. Alertmanager's go.mod
+# has no replace or exclude lines, so it needs no such module: its own module
+# zip from the proxy is built as the main module, with its own go.mod and go.sum
+# (the versions `go install module/cmd/...@version` would build), from a copy
+# that adds a one-page stand-in for the generated web UI (ui/app/dist, which
+# the zip lacks and `go:embed` requires; every API works). Builds use
 # CGO_ENABLED=0 -trimpath, the upstream build tags (minus Prometheus'
 # `builtinassets`: no web UI, every API works) and the upstream -X version
 # ldflags, so `--version` reports the release. The default GOCACHE/GOMODCACHE
@@ -38,7 +45,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../../.." && pwd)
 charts_env=$repo/helm-config/charts.env
-ALL_COMPONENTS="prometheus otelcol"
+ALL_COMPONENTS="prometheus alertmanager otelcol"
 
 die() { echo "build.sh: $*" >&2; exit 1; }
 
@@ -60,9 +67,11 @@ bin_root=${STACK_BIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/newsgroups-observabili
 
 # component -> settings. Sets: module version commit binaries (name=package ...)
 # tags ldflags expect (the module version go.mod must require; a trailing *
-# means "starts with").
+# means "starts with"), and for a component built from its own module zip
+# (no go.mod here), webui: the file that stands in for its generated web UI.
 component() {
 	local c=$1 v commit
+	webui=""
 	case $c in
 	prometheus)
 		v=$(cfg PROMETHEUS_VERSION) commit=$(cfg PROMETHEUS_COMMIT)
@@ -72,6 +81,18 @@ component() {
 		local maj=${v%%.*} rest=${v#*.}
 		expect="v0.$((maj * 100 + ${rest%%.*})).${rest#*.}"
 		tags=netgo # upstream: netgo builtinassets (.promu.yml)
+		local p=github.com/prometheus/common/version
+		ldflags="-X $p.Version=$v -X $p.Revision=$commit -X $p.Branch=HEAD"
+		ldflags+=" -X $p.BuildUser=newsgroups-observability-e2e"
+		;;
+	alertmanager)
+		v=$(cfg ALERTMANAGER_VERSION) commit=$(cfg ALERTMANAGER_COMMIT)
+		module=github.com/prometheus/alertmanager
+		binaries="alertmanager=$module/cmd/alertmanager amtool=$module/cmd/amtool"
+		expect=v$v
+		# go:embed app/dist (ui/web.go; made by npm and elm upstream), which serves HTML from .gz files only
+		webui=ui/app/dist/index.html.gz
+		tags=netgo # upstream: netgo (.promu.yml)
 		local p=github.com/prometheus/common/version
 		ldflags="-X $p.Version=$v -X $p.Revision=$commit -X $p.Branch=HEAD"
 		ldflags+=" -X $p.BuildUser=newsgroups-observability-e2e"
@@ -137,7 +158,7 @@ case ${1:-} in
 	exit $rc
 	;;
 -h | --help)
-	sed -n '2,34p' "$0"
+	sed -n '2,41p' "$0"
 	exit 0
 	;;
 -*) die "unknown option $1 (see --help)" ;;
@@ -146,6 +167,7 @@ esac
 # The component module must pin the module version that charts.env implies.
 pinned_module_version() { # -> $have
 	if [ "$c" = otelcol ]; then have=$expect; return; fi # builder.yaml pins its own modules
+	if [ -n "$webui" ]; then have=$expect; return; fi    # built from its own module zip
 	local gomod=$here/$c/go.mod
 	local b pk=""
 	for b in $binaries; do pk+=" ${b#*=}"; done
@@ -198,6 +220,41 @@ build_module() { # go build each missing binary of a component module ($c in $he
 	done
 }
 
+build_source() { # the module zip at $expect, built as the main module, with a stand-in web UI
+	local tmp src b name pkg
+	tmp=$(mktemp -d "$dir/.build.tmp.XXXXXX")
+	trap 'rm -rf "$tmp"' EXIT
+	# 1. fetch and verify the module zip (checked against the checksum database), then the packages'
+	# dependencies at the versions of its own go.mod and go.sum
+	src=$(cd "$tmp" && "${nice[@]}" go mod download -json "$module@$expect" | awk -F'"' '$2 == "Dir" { print $4 }') &&
+		[ -f "$src/go.mod" ] || die "$c: FAILED to download $module@$expect (see the go error above)"
+	cp -R "$src" "$tmp/src"
+	chmod -R u+w "$tmp/src"
+	mkdir -p "$(dirname "$tmp/src/$webui")"
+	printf '<!doctype html>\n<title>%s %s</title>\n<p>%s\n' "$c" "$version" \
+		"The web UI is not built here (tests/e2e/stack/build.sh); the HTTP API works." >"$tmp/src/${webui%.gz}"
+	[ "$webui" = "${webui%.gz}" ] || gzip -9n "$tmp/src/${webui%.gz}"
+	pkgs=()
+	for b in $binaries; do [[ " $missing " == *" ${b%%=*} "* ]] && pkgs+=("${b#*=}"); done
+	if ! (cd "$tmp/src" && "${nice[@]}" go list -mod=readonly -deps "${pkgs[@]}" >/dev/null); then
+		die "$c: FAILED to download the modules of ${pkgs[*]} (see the go error above)"
+	fi
+	fetched=$(now)
+	# 2. compile and link each binary to a temp name, then rename into place
+	for b in $binaries; do
+		name=${b%%=*} pkg=${b#*=}
+		[[ " $missing " == *" $name "* ]] || continue
+		if ! (cd "$tmp/src" && "${nice[@]}" go build -mod=readonly -trimpath -tags "$tags" \
+			-ldflags "-s -w $ldflags" -o "$tmp/$name" "$pkg"); then
+			die "$c: FAILED to build $name from $pkg (see the go error above)"
+		fi
+		chmod 0755 "$tmp/$name"
+		mv -f "$tmp/$name" "$dir/$name"
+	done
+	rm -rf "$tmp"
+	trap - EXIT
+}
+
 build_otelcol() { # the builder at the collector's release generates the sources, then compiles them
 	local tmp
 	tmp=$(mktemp -d "$dir/.build.tmp.XXXXXX")
@@ -241,6 +298,8 @@ for c in $components; do
 	start=$(now)
 	if [ "$c" = otelcol ]; then
 		build_otelcol
+	elif [ -n "$webui" ]; then
+		build_source
 	else
 		build_module
 	fi
