@@ -95,6 +95,11 @@ def traffic(models_home, tmp_path_factory) -> Iterator[Traffic]:
         feedback = {"prediction_id": prediction["prediction_id"], "label": prediction["label"]}
         requests.post(f"{server.url}/feedback", json=feedback, timeout=30).raise_for_status()
         assert requests.post(f"{server.url}/predict", data="   ", timeout=30).status_code == 400
+        poll_until(
+            lambda: any('"reason":"empty_text"' in line for line in server.log_lines()),
+            timeout=30,
+            what="the rejected request's event",
+        )
         # The prediction metrics are counted when the events are written, up to a flush later.
         poll_until(
             lambda: "newsgroups_predictions_total{" in (text := metrics_text(server.url)) and text,
@@ -102,9 +107,9 @@ def traffic(models_home, tmp_path_factory) -> Iterator[Traffic]:
             what="the prediction metrics on /metrics",
         )
         poll_until(
-            lambda: sum(KNOWN_TRACE_ID in line for line in server.log_lines()) >= 2,
+            lambda: any(KNOWN_TRACE_ID in line for line in server.log_lines()),
             timeout=30,
-            what="the known request's log lines",
+            what="the known request's prediction event",
         )
         yield Traffic(metrics_text(server.url), server.log_lines(), prediction["model_version"])
     finally:

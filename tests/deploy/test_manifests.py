@@ -12,6 +12,7 @@ import jsonschema
 import pytest
 import yaml
 from bentoml._internal.container.generate import BENTO_UID_GID
+from opentelemetry.sdk import environment_variables as sdk_environment
 
 from newsgroups_classifier.config import Settings
 from support.charts import KUBERNETES_VERSION, render, run
@@ -247,9 +248,6 @@ def test_probes_port_and_scrape_annotations_match_the_service():
     assert "port" not in bentoml_config["services"].get("http", {})
     assert container()["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert container()["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert {"/livez", "/readyz", "/metrics"} <= set(
-        bentoml_config["services"]["tracing"]["excluded_urls"].split(",")
-    )
     annotations = find_manifest("Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert annotations == {
         "prometheus.io/scrape": "true",
@@ -265,8 +263,10 @@ def test_probes_port_and_scrape_annotations_match_the_service():
 
 
 def service_env_names() -> set[str]:
-    """The environment variables the service's settings declare (config.Settings)."""
-    return {field.alias for field in Settings.model_fields.values()}
+    """The environment variables the service reads: its settings' (config.Settings), and those the
+    OpenTelemetry SDK reads itself."""
+    sdk = {value for name, value in vars(sdk_environment).items() if name.startswith("OTEL_")}
+    return {field.alias for field in Settings.model_fields.values()} | sdk
 
 
 def test_environment_is_what_the_service_and_bentoml_read():
@@ -302,11 +302,8 @@ def test_every_resource_is_in_the_service_namespace():
 def test_network_policy_lets_the_service_reach_the_collector_and_dns(releases, helm):
     policy = find_manifest("NetworkPolicy")["spec"]
     assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
-    otlp_port = int(
-        yaml.safe_load(find_manifest("ConfigMap", "newsgroups-classifier-bentoml")["data"]["bentoml.yaml"])[
-            "services"
-        ]["tracing"]["otlp"]["endpoint"].rsplit(":", 1)[1]
-    )
+    env = find_manifest("ConfigMap", "newsgroups-classifier-env")["data"]
+    otlp_port = int(env["OTEL_EXPORTER_OTLP_ENDPOINT"].rsplit(":", 1)[1])
     collector = releases["opentelemetry-collector"]
     (agent,) = [doc for doc in render(collector, helm) if doc["kind"] == "DaemonSet"]
     pod_labels = agent["spec"]["template"]["metadata"]["labels"]

@@ -213,8 +213,8 @@ def test_metric_check_flags_a_misspelled_metric(releases, traffic):
     "histogram",
     [
         "newsgroups_prediction_confidence",
-        "bentoml_service_request_duration_seconds",
-        "bentoml_service_adaptive_batch_size",
+        "newsgroups_http_request_duration_seconds",
+        "newsgroups_batch_size",
     ],
 )
 def test_histograms_used_by_dashboards_are_exposed_as_histograms(traffic, histogram):

@@ -30,7 +30,6 @@ TARGET = {
     "app_kubernetes_io_name": "newsgroups-classifier",
     "job": "kubernetes-pods",
 }
-API = {"service_name": "newsgroups-classifier"}
 CLAMP = 1e-4
 MINUTES = 120  # series length; drift alerts are evaluated at the end (1 h windows, `for` up to 15 m)
 FEEDBACK_MINUTES = 420  # 6 h windows and `for: 30m`
@@ -303,14 +302,13 @@ def live_accuracy(model: Model, fires: bool, correct: float, wrong: float) -> Sc
 
 
 def requests_series(scenario: Scenario, ok: float, failed: float, probe_failures: float = 0) -> None:
-    for endpoint, code, rate in (
-        ("/predict", "200", ok),
-        ("/predict", "500", failed),
-        ("/readyz", "500", probe_failures),
+    for route, method, code, rate in (
+        ("/predict", "POST", "200", ok),
+        ("/predict", "POST", "500", failed),
+        ("/readyz", "GET", "500", probe_failures),
     ):
-        scenario.per_pod(
-            "bentoml_service_request_total", {**API, "endpoint": endpoint, "http_response_code": code}, rate
-        )
+        labels = {"route": route, "method": method, "code": code}
+        scenario.per_pod("newsgroups_http_requests_total", labels, rate)
 
 
 def error_rate(fires: bool, ok: float, failed: float, probe_failures: float = 0) -> Scenario:
@@ -321,17 +319,13 @@ def error_rate(fires: bool, ok: float, failed: float, probe_failures: float = 0)
 
 def latency(stored_series, fires: bool) -> Scenario:
     scenario = Scenario(
-        "NewsgroupsClassifierLatencyObjective", fires, minutes=30, expected_labels={"endpoint": "/predict"}
+        "NewsgroupsClassifierLatencyObjective", fires, minutes=30, expected_labels={"route": "/predict"}
     )
-    les = {
-        s["le"] for s in stored_series if s["__name__"] == "bentoml_service_request_duration_seconds_bucket"
-    }
+    name = "newsgroups_http_request_duration_seconds_bucket"
+    les = {s["le"] for s in stored_series if s["__name__"] == name}
     slowest = 0.8 if fires else 0.04  # every request takes this long
     for le in les:
-        labels = {**API, "endpoint": "/predict", "http_response_code": "200", "le": le}
-        scenario.per_pod(
-            "bentoml_service_request_duration_seconds_bucket", labels, 60 if float(le) >= slowest else 0
-        )
+        scenario.per_pod(name, {"route": "/predict", "le": le}, 60 if float(le) >= slowest else 0)
     return scenario
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from newsgroups_classifier.data import load_split
-from newsgroups_classifier.local_config import shipped_bentoml_config
+from newsgroups_classifier.local_config import shipped_service_env
 from support import stack as st
 from support.loki_contract import Entry, ingested
 from support.otlp_receiver import OtlpReceiver
@@ -84,7 +84,7 @@ def stack(models_home, helm, otelcol, tmp_path_factory) -> Iterator[Stack]:
         # First: the file_log receiver reads files that appear after its start from their beginning.
         running.started.append(running.collector.start())
         # The shipped ConfigMap's OTLP endpoint (the collector's Service), rewritten to loopback.
-        endpoint = shipped_bentoml_config()["services"]["tracing"]["otlp"]["endpoint"]
+        endpoint = shipped_service_env()["OTEL_EXPORTER_OTLP_ENDPOINT"]
         running.service = start_server(
             models_home,
             workdir,
