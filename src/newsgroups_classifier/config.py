@@ -24,7 +24,12 @@ class Settings(BaseSettings):
     model_tag: str = f"{MODEL_NAME}:latest"
     workers: PositiveInt = 1
     max_body_bytes: PositiveInt = 1024 * 1024
-    max_batch_size: PositiveInt = 64
+    max_batch_size: PositiveInt = 64  # texts one /predict_batch request may carry
+    # Adaptive batching merges concurrent requests into one model call (off: a model call per request,
+    # the least latency at low load, the most CPU per request); BentoML answers 503 to a request that
+    # would wait longer than this for its batch.
+    adaptive_batching: Literal["on", "off"] = "on"
+    adaptive_batch_max_latency_ms: PositiveInt = 1000
     # Privacy: raw user text is never logged unless asked for.
     log_text: Literal["none", "hash", "prefix"] = "none"
     log_text_chars: PositiveInt = 200

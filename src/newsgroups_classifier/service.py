@@ -51,7 +51,11 @@ OnePrediction = Annotated[
 ]
 Predictions = Annotated[list[Prediction], ContentType(JSON)]
 # Sync methods, in BentoML's thread: the event loop gathers the next batch while one is predicted.
-BATCHING = {"batchable": True, "max_batch_size": 256, "max_latency_ms": 1000}
+BATCHING = {
+    "batchable": settings.adaptive_batching == "on",
+    "max_batch_size": 256,  # requests merged into one model call
+    "max_latency_ms": settings.adaptive_batch_max_latency_ms,
+}
 
 
 @bentoml.service(name=SERVICE_NAME, workers=settings.workers)  # traffic: the ConfigMap

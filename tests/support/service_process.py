@@ -68,9 +68,10 @@ def start_server(
     cri_log: Path | None = None,
     timeout: float = 90,
     wrapper: Sequence[str] = (),
+    bentoml_config: dict | None = None,
 ) -> Server:
     """Start the service with the shipped configuration (only where spans go, and how many, changed;
-    `env` on top).
+    `env` on top; `bentoml_config` instead of the shipped BentoML configuration).
 
     Each server gets its own BentoML home (BentoML wipes its metrics folder at start), sharing the
     trained models of `models_home`. `wrapper` goes before the command.
@@ -79,7 +80,7 @@ def start_server(
     home.mkdir(parents=True)
     (home / "models").symlink_to(models_home / "models")
     config_path = home / "bentoml.yaml"
-    config_path.write_text(yaml.safe_dump(shipped_bentoml_config()))
+    config_path.write_text(yaml.safe_dump(bentoml_config or shipped_bentoml_config()))
     port = free_port()
     log_path = stdout_path or home / "stdout.log"
     full_env = {
