@@ -11,7 +11,7 @@ import pytest
 
 from newsgroups_classifier.data import ALL_CATEGORIES, DEFAULT_CATEGORIES, load_split
 from newsgroups_classifier.drift_signals import HISTOGRAM_SIGNALS
-from newsgroups_classifier.model import tokenize
+from newsgroups_classifier.model import predict_proba, tokenize, vectorize
 from support.service_process import model_dirs, train_cli
 
 
@@ -114,3 +114,12 @@ def test_missing_archive_says_how_to_provide_it(tmp_path):
     result = train_cli(tmp_path, "--data-archive", str(tmp_path / "nope.tar.gz"), check=False)
     assert result.returncode == 1
     assert "does not exist" in result.stderr and "NEWSGROUPS_ARCHIVE" in result.stderr
+
+
+def test_the_services_model_calls_give_exactly_the_pipelines_probabilities(model_dir, data_home):
+    # The service skips scikit-learn's per-call input checks (model.TRUSTED_INPUT): same numbers, bit
+    # for bit, on the whole test split.
+    pipeline = joblib.load(model_dir / "saved_model.pkl")
+    tokens = [tokenize(text) for text in load_split("test", data_home=data_home).texts]
+    features, _ = vectorize(pipeline, tokens)
+    assert np.array_equal(predict_proba(pipeline, features), pipeline.predict_proba(tokens))
