@@ -2,8 +2,10 @@
 # Build the real permissive backends of the e2e stack from source, through the
 # Go module proxy: Prometheus at the version pinned in helm-config/charts.env
 # (the appVersion of the pinned chart), Alertmanager at the version pinned there
-# (the appVersion of that chart's alertmanager subchart), and the OpenTelemetry
-# Collector with the components of otelcol/builder.yaml, at that file's release.
+# (the appVersion of that chart's alertmanager subchart), the OpenTelemetry
+# Collector with the components of otelcol/builder.yaml, at that file's release,
+# and versitygw at VERSITYGW_VERSION below: an S3 server (Apache-2.0) standing in
+# for MinIO as the model store.
 #
 #   tests/e2e/stack/build.sh [COMPONENT...]        build what is missing (default: all)
 #   tests/e2e/stack/build.sh --print-dir COMPONENT print the component's bin directory
@@ -12,7 +14,7 @@
 #   tests/e2e/stack/build.sh --list                print "component binary path" lines
 #
 # Components and binaries: prometheus (prometheus, promtool), alertmanager
-# (alertmanager, amtool), otelcol (otelcol).
+# (alertmanager, amtool), otelcol (otelcol), versitygw (versitygw).
 # Loki, Promtail, Tempo, Grafana and MinIO are AGPL-3.0: never built or run here.
 #
 # Binaries go to a cache outside the clone, keyed by version:
@@ -45,7 +47,12 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../../.." && pwd)
 charts_env=$repo/helm-config/charts.env
-ALL_COMPONENTS="prometheus alertmanager otelcol"
+ALL_COMPONENTS="prometheus alertmanager otelcol versitygw"
+# versitygw's release and the time its tag was published (the module proxy's .info), which its version
+# ldflags record; its go.mod has no replace or exclude lines, so `go install module@version` builds it
+# with the release's own dependency versions.
+VERSITYGW_VERSION=v1.8.0
+VERSITYGW_TIME=2026-09-04T20:21:34Z
 
 die() { echo "build.sh: $*" >&2; exit 1; }
 
@@ -106,6 +113,14 @@ component() {
 		expect=v$v
 		v+=-$(grep -v "^#" "$here/otelcol/builder.yaml" | sha256sum | cut -c1-12) # comments aside
 		;;
+	versitygw)
+		v=${VERSITYGW_VERSION#v}
+		module=github.com/versity/versitygw/cmd/versitygw
+		binaries="versitygw=$module"
+		expect=$VERSITYGW_VERSION
+		# As upstream's Makefile stamps them (Build: the commit, which the module proxy does not say).
+		ldflags="-X main.Version=$VERSITYGW_VERSION -X main.Build=module -X main.BuildTime=$VERSITYGW_TIME"
+		;;
 	*) die "unknown component '$c' (known: $ALL_COMPONENTS)" ;;
 	esac
 	version=$v
@@ -158,7 +173,7 @@ case ${1:-} in
 	exit $rc
 	;;
 -h | --help)
-	sed -n '2,41p' "$0"
+	sed -n '2,43p' "$0"
 	exit 0
 	;;
 -*) die "unknown option $1 (see --help)" ;;
@@ -167,6 +182,7 @@ esac
 # The component module must pin the module version that charts.env implies.
 pinned_module_version() { # -> $have
 	if [ "$c" = otelcol ]; then have=$expect; return; fi # builder.yaml pins its own modules
+	if [ "$c" = versitygw ]; then have=$expect; return; fi # go install at the pinned version
 	if [ -n "$webui" ]; then have=$expect; return; fi    # built from its own module zip
 	local gomod=$here/$c/go.mod
 	local b pk=""
@@ -275,6 +291,19 @@ build_otelcol() { # the builder at the collector's release generates the sources
 	trap - EXIT
 }
 
+build_install() { # `go install module@version`, into a temporary GOBIN, then renamed into place
+	local tmp
+	tmp=$(mktemp -d "$dir/.build.tmp.XXXXXX")
+	trap 'rm -rf "$tmp"' EXIT
+	fetched=$(now) # `go install` downloads and compiles in one step
+	if ! GOBIN=$tmp "${nice[@]}" go install -trimpath -ldflags "-s -w $ldflags" "$module@$expect"; then
+		die "$c: FAILED to install $module@$expect (see the go error above)"
+	fi
+	mv -f "$tmp/$c" "$dir/$c"
+	rm -rf "$tmp"
+	trap - EXIT
+}
+
 total_start=$(now)
 built_any=0
 for c in $components; do
@@ -298,6 +327,8 @@ for c in $components; do
 	start=$(now)
 	if [ "$c" = otelcol ]; then
 		build_otelcol
+	elif [ "$c" = versitygw ]; then
+		build_install
 	elif [ -n "$webui" ]; then
 		build_source
 	else
