@@ -25,7 +25,7 @@ include helm-config/charts.env
 
 .PHONY: help setup train serve test unit lint format validate stack-bin e2e loadtest bench bench-tools export-feedback \
 	build cluster-up deploy dashboards port-forward cluster-down clean cluster-bin cluster-packages cluster-images \
-	stack-images cluster-test deploy-tools
+	stack-images cluster-test deploy-tools publish-model models rollback
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -136,6 +136,20 @@ CHART_grafana := $(GRAFANA_COMMUNITY_REPO_NAME)/grafana --version $(GRAFANA_CHAR
 SET_opentelemetry-collector := $(if $(filter promtail,$(LOG_AGENT)),--set presets.logsCollection.enabled=false \
 	--set config.service.pipelines.logs=null --set securityContext.runAsUser=10001 \
 	--set securityContext.runAsGroup=10001 --set securityContext.runAsNonRoot=true)
+# The model store (docs/deployment.md) as this machine reaches it: by default MinIO's Service through
+# `kubectl -n observability port-forward svc/minio 9000:9000`; another S3: its endpoint (empty for AWS S3),
+# with its credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (else the cluster's Secret's are used).
+MODEL_STORE_ENDPOINT ?= http://127.0.0.1:9000
+export MODEL_STORE_ENDPOINT
+MODEL_NAME := newsgroups_classifier
+# A published version, for `make rollback` (and `make deploy`, instead of publishing the local model).
+MODEL_VERSION ?=
+# Which version the pods serve (the init container fetches it), and the pod template's annotation whose
+# change rolls them out (manifests/deployment.yaml).
+MODEL_CONFIGMAP := newsgroups-classifier-model
+MODEL_ANNOTATION := newsgroups-classifier/model-tag
+# Manifests that run the image, which `make deploy IMAGE=...` sets.
+IMAGE_MANIFESTS := manifests/deployment.yaml
 # 32 random letters and digits, made by the shell running the recipe (never echoed).
 RANDOM_SECRET := $$(LC_ALL=C tr -dc A-Za-z0-9 </dev/urandom | head -c 32)
 
@@ -143,14 +157,27 @@ RANDOM_SECRET := $$(LC_ALL=C tr -dc A-Za-z0-9 </dev/urandom | head -c 32)
 install = $(HELM) upgrade --install $(1) $(CHART_$(1)) --namespace $(OBSERVABILITY_NAMESPACE) \
 	--values helm-config/$(1)/values.yaml $(SET_$(1)) --wait --timeout 10m
 
-# $(call ensure_secret,namespace,name,--from-literal=...): create the Secret unless it exists.
+# $(call ensure_secret,namespace,name,--from-literal=...): create the Secret unless it exists. The model
+# store's: the classifier's pods and the retraining Job read model-store-credentials; MinIO makes its user
+# newsgroups-models with the same secret key, copied to minio-model-store-user (helm-config/minio/values.yaml).
 define ensure_secret
 	@$(KUBECTL) -n $(1) get secret $(2) >/dev/null 2>&1 && echo "secret $(1)/$(2) exists: kept" \
 		|| { $(KUBECTL) -n $(1) create secret generic $(2) $(3) >/dev/null && echo "secret $(1)/$(2) created"; }
 endef
 
-build: ## Build the Bento (model included) and containerize it as IMAGE (default: manifests/deployment.yaml's)
-	@$(BENTOML) models get newsgroups_classifier:latest >/dev/null 2>&1 || $(MAKE) train
+# The store's credentials for a command of this machine: the environment's, else the cluster's Secret.
+store_credentials = $(if $(AWS_ACCESS_KEY_ID),,AWS_ACCESS_KEY_ID="$$($(call secret_value,AWS_ACCESS_KEY_ID))" \
+	AWS_SECRET_ACCESS_KEY="$$($(call secret_value,AWS_SECRET_ACCESS_KEY))")
+secret_value = $(KUBECTL) -n $(SERVICE_NAMESPACE) get secret model-store-credentials -o jsonpath='{.data.$(1)}' | base64 -d
+
+publish = $(store_credentials) $(PY) -m newsgroups_classifier.model_store publish
+# $(call model_configmap,TAG): the ConfigMap naming the version the pods fetch.
+model_configmap = $(KUBECTL) -n $(SERVICE_NAMESPACE) create configmap $(MODEL_CONFIGMAP) --from-literal=MODEL_TAG=$(1) \
+	--dry-run=client -o yaml | $(KUBECTL) apply -f -
+# The pod template's annotation naming it: its change is the rollout.
+model_annotation = '{"spec":{"template":{"metadata":{"annotations":{"$(MODEL_ANNOTATION)":"'$(1)'"}}}}}'
+
+build: ## Build the Bento (the service, no model) and containerize it as IMAGE (default: manifests/deployment.yaml's)
 	$(BENTOML) build
 	$(BENTOML) containerize newsgroups-classifier:latest -t $(IMAGE) $(CONTAINERIZE_OPTS)
 
@@ -160,6 +187,8 @@ cluster-up: ## Namespaces, secrets, dashboards and every chart of the observabil
 	$(call ensure_secret,$(OBSERVABILITY_NAMESPACE),minio-credentials,--from-literal=rootUser=minio-admin --from-literal=rootPassword=$(RANDOM_SECRET))
 	$(call ensure_secret,$(OBSERVABILITY_NAMESPACE),grafana-admin,--from-literal=admin-user=admin --from-literal=admin-password=$(RANDOM_SECRET))
 	$(call ensure_secret,$(SERVICE_NAMESPACE),newsgroups-classifier-feedback,--from-literal=FEEDBACK_SIGNING_KEY=$(RANDOM_SECRET))
+	$(call ensure_secret,$(SERVICE_NAMESPACE),model-store-credentials,--from-literal=AWS_ACCESS_KEY_ID=newsgroups-models --from-literal=AWS_SECRET_ACCESS_KEY=$(RANDOM_SECRET))
+	$(call ensure_secret,$(OBSERVABILITY_NAMESPACE),minio-model-store-user,--from-literal=secretKey="$$($(call secret_value,AWS_SECRET_ACCESS_KEY))")
 	$(HELM) repo add --force-update $(GRAFANA_COMMUNITY_REPO_NAME) $(GRAFANA_COMMUNITY_REPO_URL)
 	$(HELM) repo add --force-update $(GRAFANA_REPO_NAME) $(GRAFANA_REPO_URL)
 	$(HELM) repo add --force-update $(PROMETHEUS_COMMUNITY_REPO_NAME) $(PROMETHEUS_COMMUNITY_REPO_URL)
@@ -172,9 +201,28 @@ cluster-up: ## Namespaces, secrets, dashboards and every chart of the observabil
 	@echo "Grafana: make port-forward, then http://localhost:$(GRAFANA_PORT) as admin; the password:"
 	@echo "  $(KUBECTL) -n $(OBSERVABILITY_NAMESPACE) get secret grafana-admin -o jsonpath='{.data.admin-password}' | base64 -d"
 
-deploy: ## Deploy the service (manifests/) running IMAGE and wait for the rollout
-	$(KUBECTL) apply $(addprefix -f ,$(sort $(filter-out manifests/deployment.yaml,$(wildcard manifests/*.yaml))))
-	sed 's|image: $(MANIFEST_IMAGE)$$|image: $(IMAGE)|' manifests/deployment.yaml | $(KUBECTL) apply -f -
+publish-model: ## Publish the local model (newsgroups_classifier:latest) to the model store; prints its tag
+	@$(publish)
+
+models: ## The model versions published in the model store, newest first, and the one the pods serve
+	@$(store_credentials) $(PY) -m newsgroups_classifier.model_store list
+	@echo "serving: $$($(KUBECTL) -n $(SERVICE_NAMESPACE) get configmap $(MODEL_CONFIGMAP) -o jsonpath='{.data.MODEL_TAG}')"
+
+# The model first (the pods' init container fetches it), then the manifests running IMAGE, the classifier's
+# with the model's annotation on its pod template (a new version rolls the pods out, the same one nothing).
+deploy: ## Publish the local model (or serve MODEL_VERSION), deploy the service (manifests/) running IMAGE on it, wait for the rollout
+	tag=$(if $(MODEL_VERSION),$(MODEL_NAME):$(MODEL_VERSION),$$($(publish))) && \
+	$(KUBECTL) apply $(addprefix -f ,$(sort $(filter-out $(IMAGE_MANIFESTS),$(wildcard manifests/*.yaml)))) && \
+	$(call model_configmap,$$tag) && \
+	sed 's|image: $(MANIFEST_IMAGE)$$|image: $(IMAGE)|' manifests/deployment.yaml | $(KUBECTL) patch --local -f - \
+		--type merge -p $(call model_annotation,$$tag) -o yaml | $(KUBECTL) apply -f -
+	$(KUBECTL) -n $(SERVICE_NAMESPACE) rollout status deployment/newsgroups-classifier --timeout 5m
+
+rollback: ## Serve the published MODEL_VERSION (`make models` lists them): MODEL_TAG and a rollout, no build
+	@test -n "$(MODEL_VERSION)" || { echo "usage: make rollback MODEL_VERSION=<version> (see make models)" >&2; exit 1; }
+	$(call model_configmap,$(MODEL_NAME):$(MODEL_VERSION))
+	$(KUBECTL) -n $(SERVICE_NAMESPACE) patch deployment/newsgroups-classifier --type merge \
+		-p $(call model_annotation,$(MODEL_NAME):$(MODEL_VERSION))
 	$(KUBECTL) -n $(SERVICE_NAMESPACE) rollout status deployment/newsgroups-classifier --timeout 5m
 
 dashboards: ## Load dashboards/*.json into the ConfigMap Grafana provisions from (changes show within a minute)

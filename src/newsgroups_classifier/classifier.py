@@ -66,7 +66,8 @@ def resolve_model(tag: str) -> bentoml.Model:
     except bentoml.exceptions.NotFound as exc:
         raise RuntimeError(
             f"model {tag} is not in the BentoML model store ({compat.bentoml_home()}/models): "
-            "train one with `make train`, or set MODEL_TAG"
+            "train one with `make train`, fetch a published one (`python -m "
+            "newsgroups_classifier.model_store fetch TAG`), or set MODEL_TAG"
         ) from exc
 
 

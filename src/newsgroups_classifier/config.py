@@ -1,5 +1,6 @@
-"""Service settings, declared once: each field is read from the environment variable of its name in
-capitals (the Kubernetes ConfigMap and Secret set them), else its default."""
+"""Settings, declared once: each field is read from the environment variable of its name in capitals (the
+Kubernetes ConfigMaps and Secrets set them), else its default. One class per program: the service, the
+model store (its init container, the retraining Job, `make deploy`), the retraining Job and its trigger."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ from .model import MODEL_NAME
 SHUTDOWN_FLUSH_SECONDS = 5.0
 
 
+# An empty variable counts as unset; a bad value stops the program at start, naming the variable.
+FROM_ENVIRONMENT = SettingsConfigDict(
+    frozen=True, env_ignore_empty=True, alias_generator=str.upper, validate_by_name=True
+)
+
+
 class Settings(BaseSettings):
-    # An empty variable counts as unset; a bad value stops the service at start, naming the variable.
-    model_config = SettingsConfigDict(
-        frozen=True, env_ignore_empty=True, alias_generator=str.upper, validate_by_name=True
-    )
+    model_config = FROM_ENVIRONMENT
 
     model_tag: str = f"{MODEL_NAME}:latest"
     workers: PositiveInt = 1
@@ -51,3 +55,16 @@ class Settings(BaseSettings):
     @property
     def telemetry_on(self) -> bool:
         return self.telemetry == "on"
+
+
+class StoreSettings(BaseSettings):
+    """Where published models are kept: an S3 bucket (MinIO in the cluster, or any S3). Credentials are
+    boto3's own (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from a Secret, or a role of the pod)."""
+
+    model_config = FROM_ENVIRONMENT
+
+    # Empty: AWS S3 in `model_store_region`; else the S3 endpoint, e.g. MinIO's Service.
+    model_store_endpoint: str = ""
+    model_store_bucket: str = "newsgroups-models"
+    model_store_region: str = "us-east-1"
+

@@ -221,6 +221,16 @@ def install_json_logging(
     return listener
 
 
+def log_json(stream=None, level: int = logging.INFO) -> None:
+    """JSON lines for a one-process program (the model store's commands, the retraining Job and its
+    trigger): every record of this process, one line each, written where it is logged."""
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    logging.root.handlers = [handler]
+    logging.root.setLevel(logging.WARNING)  # other libraries' chatter stays out
+    logging.getLogger(SERVICE_LOGGERS).setLevel(level)
+
+
 def take_over_process_output(
     lock_path: Path, durable_loggers: Iterable[str], rate_limited: Iterable[str] = ()
 ) -> QueueListener:

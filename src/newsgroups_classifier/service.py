@@ -36,7 +36,6 @@ log_writer = take_over_process_output(
     compat.bentoml_home() / "stdout.lock", durable_loggers=[FEEDBACK_LOGGER], rate_limited=[ERRORS_LOGGER]
 )
 settings = Settings()
-STORED_MODEL = resolve_model(settings.model_tag)
 
 # /predict takes one text and answers one prediction, and is batchable all the same: BentoML's adaptive
 # batching merges concurrent requests into one model call (a third of the CPU per request:
@@ -58,15 +57,17 @@ BATCHING = {
 }
 
 
+# The model is not part of the service (no `bentoml.models.BentoModel`, so `bentoml build` packages none and
+# the image holds none): each worker loads MODEL_TAG from the BentoML model store, where `make train` saves
+# it, and where in the cluster the pod's init container fetched it from the model store (model_store.py).
 @bentoml.service(name=SERVICE_NAME, workers=settings.workers)  # traffic: the ConfigMap
 class NewsgroupsClassifier:
-    model_ref = bentoml.models.BentoModel(str(STORED_MODEL.tag))  # `bentoml build` packages this model
-
     def __init__(self) -> None:
         metrics.register_worker()
+        stored = resolve_model(settings.model_tag)
         if settings.telemetry_on:
-            configure_tracing(settings, SERVICE_NAME, STORED_MODEL.tag.version)
-        self.classifier = Classifier(self.model_ref, settings)
+            configure_tracing(settings, SERVICE_NAME, stored.tag.version)
+        self.classifier = Classifier(stored, settings)
 
     @bentoml.on_shutdown
     def flush_telemetry(self) -> None:

@@ -161,7 +161,38 @@ def test_secrets_the_charts_read_are_created_by_cluster_up(releases):
     assert {"rootUser", "rootPassword"} <= secrets[(namespace, merged(releases["minio"])["existingSecret"])]
     admin = merged(releases["grafana"])["admin"]
     assert {admin["userKey"], admin["passwordKey"]} <= secrets[(namespace, admin["existingSecret"])]
-    assert not merged(releases["minio"])["users"], "no default MinIO users with passwords from git"
+    for user in merged(releases["minio"])[
+        "users"
+    ]:  # no password from git: each from a Secret cluster-up makes
+        assert "secretKey" not in user, f"MinIO user {user['accessKey']} has a password in git"
+        assert user["existingSecretKey"] in secrets[(namespace, user["existingSecret"])]
+
+
+def test_the_model_store_is_a_minio_bucket_with_a_user_limited_to_it(releases):
+    """manifests/model-store.yaml names MinIO's Service and a bucket the chart makes; the credentials the
+    pods read (model-store-credentials) are those of a MinIO user whose policy reaches that bucket only."""
+    minio = merged(releases["minio"])
+    store = find_manifest("ConfigMap", "newsgroups-model-store")["data"]
+    assert host_port(store["MODEL_STORE_ENDPOINT"]) == (
+        releases["minio"].service_host(SERVICES["minio"]),
+        int(minio["service"]["port"]),
+    )
+    bucket = store["MODEL_STORE_BUCKET"]
+    assert bucket in {b["name"] for b in minio["buckets"]}
+    secrets = {(ns, name): keys for ns, name, keys in created_secrets()}
+    namespace = find_manifest("ConfigMap", "newsgroups-model-store")["metadata"]["namespace"]
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= secrets[(namespace, "model-store-credentials")]
+    (access_key,) = [
+        w.split("=", 2)[2]
+        for words in make_dry_run("cluster-up")
+        if "model-store-credentials" in words and "generic" in words
+        for w in words
+        if w.startswith("--from-literal=AWS_ACCESS_KEY_ID=")
+    ]
+    (user,) = [u for u in minio["users"] if u["accessKey"] == access_key]
+    (policy,) = [p for p in minio["policies"] if p["name"] == user["policy"]]
+    resources = {r for statement in policy["statements"] for r in statement["resources"]}
+    assert resources == {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"}
 
 
 def test_tempo_makes_only_the_service_graph_and_remote_writes_it_to_prometheus(releases):
@@ -294,7 +325,7 @@ def test_the_collector_sets_every_attribute_loki_indexes(releases):
 
 
 def test_both_agents_parse_only_the_classifier_lines(releases):
-    deployment = find_manifest("Deployment")
+    deployment = find_manifest("Deployment", "newsgroups-classifier")
     expected = {
         "namespace": deployment["metadata"]["namespace"],
         "container": deployment["spec"]["template"]["spec"]["containers"][0]["name"],
@@ -397,13 +428,12 @@ def test_port_forward_targets_the_service_ports(releases):
         if word == "port-forward":
             forwards[(line[i - 1], line[i + 1])] = int(line[i + 2].split(":")[1])
     namespace = releases["grafana"].namespace
+    service = find_manifest("Service", "newsgroups-classifier")
     expected = {
         (namespace, "svc/grafana"): merged(releases["grafana"])["service"]["port"],
         (namespace, f"svc/{SERVICES['prometheus']}"): merged(releases["prometheus"])["server"]["service"][
             "servicePort"
         ],
-        (find_manifest("Service")["metadata"]["namespace"], "svc/newsgroups-classifier"): find_manifest(
-            "Service"
-        )["spec"]["ports"][0]["port"],
+        (service["metadata"]["namespace"], "svc/newsgroups-classifier"): service["spec"]["ports"][0]["port"],
     }
     assert forwards == expected

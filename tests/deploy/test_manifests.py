@@ -55,7 +55,7 @@ def test_every_manifest_matches_the_kubernetes_schema():
 
 
 def test_schema_check_reports_unknown_fields_and_every_error():
-    deployment = copy.deepcopy(find_manifest("Deployment"))
+    deployment = copy.deepcopy(find_manifest("Deployment", "newsgroups-classifier"))
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     container["imagePullPolcy"] = "Always"  # typo: an unknown field
     container["ports"][0]["containerPort"] = "3000"  # wrong type
@@ -125,7 +125,7 @@ def test_custom_resource_check_rejects_unknown_fields():
 
 def test_pod_monitor_scrapes_what_the_annotations_scrape():
     monitor = find_manifest("PodMonitor")["spec"]
-    pod = find_manifest("Deployment")["spec"]["template"]
+    pod = find_manifest("Deployment", "newsgroups-classifier")["spec"]["template"]
     endpoint = monitor["podMetricsEndpoints"][0]
     port = next(p for p in pod["spec"]["containers"][0]["ports"] if p["name"] == endpoint["port"])
     assert str(port["containerPort"]) == pod["metadata"]["annotations"]["prometheus.io/port"]
@@ -153,7 +153,7 @@ def test_pods_meet_the_restricted_pod_security_profile(podsecurity):
     ],
 )
 def test_pod_security_check_denies_a_weaker_pod(podsecurity, tmp_path, field, value):
-    deployment = copy.deepcopy(find_manifest("Deployment"))
+    deployment = copy.deepcopy(find_manifest("Deployment", "newsgroups-classifier"))
     pod = deployment["spec"]["template"]["spec"]
     for context in (pod["securityContext"], pod["containers"][0]["securityContext"]):
         context.pop(field, None)
@@ -213,7 +213,7 @@ def test_yamllint():
 
 
 def container() -> dict:
-    return find_manifest("Deployment")["spec"]["template"]["spec"]["containers"][0]
+    return find_manifest("Deployment", "newsgroups-classifier")["spec"]["template"]["spec"]["containers"][0]
 
 
 def env() -> dict[str, dict]:
@@ -221,14 +221,17 @@ def env() -> dict[str, dict]:
 
 
 def test_runs_as_the_user_bentoml_containerize_creates():
-    pod = find_manifest("Deployment")["spec"]["template"]["spec"]
+    pod = find_manifest("Deployment", "newsgroups-classifier")["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsUser"] == container()["securityContext"]["runAsUser"] == BENTO_UID_GID
     assert pod["securityContext"]["runAsGroup"] == BENTO_UID_GID
 
 
 def test_writable_paths_are_emptydirs_on_a_read_only_root():
     assert container()["securityContext"]["readOnlyRootFilesystem"] is True
-    volumes = {v["name"]: v for v in find_manifest("Deployment")["spec"]["template"]["spec"]["volumes"]}
+    volumes = {
+        v["name"]: v
+        for v in find_manifest("Deployment", "newsgroups-classifier")["spec"]["template"]["spec"]["volumes"]
+    }
     mounts = {m["mountPath"]: volumes[m["name"]] for m in container()["volumeMounts"]}
     # BentoML's home (metrics multiprocess files, feedback-seen.sqlite, stdout.lock) and /tmp are writable.
     for path in (env()["BENTOML_HOME"]["value"], "/tmp"):
@@ -248,17 +251,21 @@ def test_probes_port_and_scrape_annotations_match_the_service():
     assert "port" not in bentoml_config["services"].get("http", {})
     assert container()["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert container()["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    annotations = find_manifest("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    annotations = find_manifest("Deployment", "newsgroups-classifier")["spec"]["template"]["metadata"][
+        "annotations"
+    ]
     assert annotations == {
         "prometheus.io/scrape": "true",
         "prometheus.io/port": "3000",
         "prometheus.io/path": "/metrics",
     }
-    service = find_manifest("Service")["spec"]
+    service = find_manifest("Service", "newsgroups-classifier")["spec"]
     assert (
         service["ports"][0]["targetPort"] == "http"
         and service["selector"].items()
-        <= find_manifest("Deployment")["spec"]["template"]["metadata"]["labels"].items()
+        <= find_manifest("Deployment", "newsgroups-classifier")["spec"]["template"]["metadata"][
+            "labels"
+        ].items()
     )
 
 
@@ -285,7 +292,7 @@ def test_environment_is_what_the_service_and_bentoml_read():
 
 
 def test_secrets_referenced_by_the_manifests_are_created_by_cluster_up():
-    namespace = find_manifest("Deployment")["metadata"]["namespace"]
+    namespace = find_manifest("Deployment", "newsgroups-classifier")["metadata"]["namespace"]
     ref = env()["FEEDBACK_SIGNING_KEY"]["valueFrom"]["secretKeyRef"]
     assert any(
         ns == namespace and name == ref["name"] and ref["key"] in keys for ns, name, keys in created_secrets()
@@ -299,27 +306,52 @@ def test_every_resource_is_in_the_service_namespace():
             assert doc["metadata"]["namespace"] == namespace, f"{path.name} {doc['kind']}"
 
 
-def test_network_policy_lets_the_service_reach_the_collector_and_dns(releases, helm):
-    policy = find_manifest("NetworkPolicy")["spec"]
+def workloads(objects: list[dict]) -> list[tuple[dict, set[int]]]:
+    """(pod labels, container ports) of every workload a rendering runs."""
+    found = []
+    for doc in objects:
+        if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet"):
+            pod = doc["spec"]["template"]
+            ports = {p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+            found.append((pod["metadata"]["labels"], ports))
+    return found
+
+
+def reaches(policy: dict, release, objects: list[dict], port: int) -> bool:
+    """Whether an egress rule of `policy` lets its pods reach `port` of a pod the release runs."""
+    for rule in policy["egress"]:
+        if port not in {p["port"] for p in rule["ports"]}:
+            continue
+        for peer in rule.get("to", []):
+            namespace = peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+            selected = peer.get("podSelector", {}).get("matchLabels", {}).items()
+            if namespace == release.namespace and any(
+                selected <= labels.items() and port in ports for labels, ports in workloads(objects)
+            ):
+                return True
+    return False
+
+
+def reaches_dns(policy: dict) -> bool:
+    return any(
+        peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] == "kube-system"
+        and {(p["port"], p["protocol"]) for p in rule["ports"]} == {(53, "UDP"), (53, "TCP")}
+        for rule in policy["egress"]
+        for peer in rule.get("to", [])
+    )
+
+
+def test_network_policy_lets_the_service_reach_the_collector_the_model_store_and_dns(releases, helm):
+    policy = find_manifest("NetworkPolicy", "newsgroups-classifier")["spec"]
     assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
     env = find_manifest("ConfigMap", "newsgroups-classifier-env")["data"]
-    otlp_port = int(env["OTEL_EXPORTER_OTLP_ENDPOINT"].rsplit(":", 1)[1])
     collector = releases["opentelemetry-collector"]
-    (agent,) = [doc for doc in render(collector, helm) if doc["kind"] == "DaemonSet"]
-    pod_labels = agent["spec"]["template"]["metadata"]["labels"]
-    container_ports = {
-        port["containerPort"] for port in agent["spec"]["template"]["spec"]["containers"][0]["ports"]
-    }
-    rules = {
-        (peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], port["port"])
-        for rule in policy["egress"]
-        for peer in rule["to"]
-        for port in rule["ports"]
-    }
-    assert (collector.namespace, otlp_port) in rules and otlp_port in container_ports
-    assert ("kube-system", 53) in rules
-    (peer,) = [peer for rule in policy["egress"] for peer in rule["to"] if "podSelector" in peer]
-    assert peer["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    otlp_port = int(env["OTEL_EXPORTER_OTLP_ENDPOINT"].rsplit(":", 1)[1])
+    assert reaches(policy, collector, render(collector, helm), otlp_port)
+    store = find_manifest("ConfigMap", "newsgroups-model-store")["data"]
+    store_port = int(store["MODEL_STORE_ENDPOINT"].rsplit(":", 1)[1])
+    assert reaches(policy, releases["minio"], render(releases["minio"], helm), store_port)
+    assert reaches_dns(policy)
 
 
 def test_bentoml_build_packages_the_service_the_image_runs():

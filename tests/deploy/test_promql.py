@@ -125,7 +125,9 @@ def target_labels(releases) -> set[str]:
         if "target_label" in rule and not rule["target_label"].startswith("__")
     }
     assert any(rule.get("regex") == "__meta_kubernetes_pod_label_(.+)" for rule in job["relabel_configs"])
-    pod_labels = find_manifest("Deployment")["spec"]["template"]["metadata"]["labels"]
+    pod_labels = find_manifest("Deployment", "newsgroups-classifier")["spec"]["template"]["metadata"][
+        "labels"
+    ]
     return labels | {re.sub(r"[^a-zA-Z0-9_]", "_", label) for label in pod_labels} | {"job", "instance"}
 
 
