@@ -25,7 +25,7 @@ include helm-config/charts.env
 
 .PHONY: help setup train serve test unit lint format validate stack-bin e2e loadtest bench bench-tools export-feedback \
 	build cluster-up deploy dashboards port-forward cluster-down clean cluster-bin cluster-packages cluster-images \
-	stack-images cluster-test deploy-tools publish-model models rollback
+	stack-images cluster-test deploy-tools publish-model models rollback retrain
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -148,8 +148,9 @@ MODEL_VERSION ?=
 # change rolls them out (manifests/deployment.yaml).
 MODEL_CONFIGMAP := newsgroups-classifier-model
 MODEL_ANNOTATION := newsgroups-classifier/model-tag
+RETRAINING_CRONJOB := newsgroups-retraining
 # Manifests that run the image, which `make deploy IMAGE=...` sets.
-IMAGE_MANIFESTS := manifests/deployment.yaml
+IMAGE_MANIFESTS := manifests/deployment.yaml manifests/retraining.yaml
 # 32 random letters and digits, made by the shell running the recipe (never echoed).
 RANDOM_SECRET := $$(LC_ALL=C tr -dc A-Za-z0-9 </dev/urandom | head -c 32)
 
@@ -214,6 +215,7 @@ deploy: ## Publish the local model (or serve MODEL_VERSION), deploy the service 
 	tag=$(if $(MODEL_VERSION),$(MODEL_NAME):$(MODEL_VERSION),$$($(publish))) && \
 	$(KUBECTL) apply $(addprefix -f ,$(sort $(filter-out $(IMAGE_MANIFESTS),$(wildcard manifests/*.yaml)))) && \
 	$(call model_configmap,$$tag) && \
+	sed 's|image: $(MANIFEST_IMAGE)$$|image: $(IMAGE)|' manifests/retraining.yaml | $(KUBECTL) apply -f - && \
 	sed 's|image: $(MANIFEST_IMAGE)$$|image: $(IMAGE)|' manifests/deployment.yaml | $(KUBECTL) patch --local -f - \
 		--type merge -p $(call model_annotation,$$tag) -o yaml | $(KUBECTL) apply -f -
 	$(KUBECTL) -n $(SERVICE_NAMESPACE) rollout status deployment/newsgroups-classifier --timeout 5m
@@ -224,6 +226,11 @@ rollback: ## Serve the published MODEL_VERSION (`make models` lists them): MODEL
 	$(KUBECTL) -n $(SERVICE_NAMESPACE) patch deployment/newsgroups-classifier --type merge \
 		-p $(call model_annotation,$(MODEL_NAME):$(MODEL_VERSION))
 	$(KUBECTL) -n $(SERVICE_NAMESPACE) rollout status deployment/newsgroups-classifier --timeout 5m
+
+retrain: ## Start the retraining Job by hand, as an alert does (its template: manifests/retraining.yaml)
+	$(KUBECTL) -n $(SERVICE_NAMESPACE) create job --from=cronjob/$(RETRAINING_CRONJOB) \
+		$(RETRAINING_CRONJOB)-manual-$$(date +%s)
+	@echo "follow it: $(KUBECTL) -n $(SERVICE_NAMESPACE) logs -f -l app.kubernetes.io/name=$(RETRAINING_CRONJOB) --tail=-1"
 
 dashboards: ## Load dashboards/*.json into the ConfigMap Grafana provisions from (changes show within a minute)
 	$(KUBECTL) -n $(OBSERVABILITY_NAMESPACE) create configmap $(DASHBOARDS_CONFIGMAP) --from-file=dashboards/ \

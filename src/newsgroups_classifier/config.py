@@ -68,3 +68,36 @@ class StoreSettings(BaseSettings):
     model_store_bucket: str = "newsgroups-models"
     model_store_region: str = "us-east-1"
 
+
+class RetrainingSettings(BaseSettings):
+    """The retraining Job (retraining.py): where the labelled predictions are, what it changes, the gate."""
+
+    model_config = FROM_ENVIRONMENT
+
+    # The data loop's export (export.py) reads Loki's query API: these are its own variables.
+    loki_url: str = "http://loki.observability.svc.cluster.local:3100"
+    loki_tenant: str = ""
+    loki_selector: str = '{namespace="newsgroups", container="newsgroups-classifier"}'
+    feedback_since: str = "7d"
+    # What a published candidate changes: the model version pods fetch, and the Deployment to roll out.
+    model_configmap: str = "newsgroups-classifier-model"
+    deployment: str = "newsgroups-classifier"
+    # The quality gate (gate.py), and training's own floor (training.py).
+    gate_test_macro_f1_tolerance: float = 0.005
+    gate_feedback_accuracy_tolerance: float = 0.02
+    gate_min_holdout_labels: PositiveInt = 30
+    min_macro_f1: float = 0.85
+
+
+class TriggerSettings(BaseSettings):
+    """The retraining trigger (retraining_trigger.py): which template it starts, and how often at most."""
+
+    model_config = FROM_ENVIRONMENT
+
+    # The suspended CronJob whose jobTemplate is the retraining Job (`make retrain` starts it too).
+    retraining_cronjob: str = "newsgroups-retraining"
+    # No new retraining until this long after the last one started (alert or by hand).
+    retraining_cooldown_seconds: PositiveInt = 3600
+    # How often the Jobs are looked at, to count how they ended.
+    retraining_poll_seconds: PositiveFloat = 5.0
+    trigger_port: PositiveInt = 8080

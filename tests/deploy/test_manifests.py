@@ -354,6 +354,26 @@ def test_network_policy_lets_the_service_reach_the_collector_the_model_store_and
     assert reaches_dns(policy)
 
 
+def test_network_policy_lets_the_retraining_job_reach_loki_the_model_store_and_the_api(releases, helm):
+    policy = find_manifest("NetworkPolicy", "newsgroups-retraining")["spec"]
+    (cronjob,) = [doc for _, doc in manifest_documents() if doc["kind"] == "CronJob"]
+    assert policy["podSelector"]["matchLabels"].items() <= (
+        cronjob["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"} and not policy.get("ingress")
+    loki_port = int(
+        find_manifest("ConfigMap", "newsgroups-retraining-env")["data"]["LOKI_URL"].rsplit(":", 1)[1]
+    )
+    assert reaches(policy, releases["loki"], render(releases["loki"], helm), loki_port)
+    store = find_manifest("ConfigMap", "newsgroups-model-store")["data"]
+    store_port = int(store["MODEL_STORE_ENDPOINT"].rsplit(":", 1)[1])
+    assert reaches(policy, releases["minio"], render(releases["minio"], helm), store_port)
+    assert reaches_dns(policy)
+    assert any(
+        not rule.get("to") and {p["port"] for p in rule["ports"]} == {443, 6443} for rule in policy["egress"]
+    )
+
+
 def test_bentoml_build_packages_the_service_the_image_runs():
     """`make build` runs `bentoml build` in the repository: its build config must name our service."""
     from bentoml._internal.bento.build_config import BentoBuildConfig
