@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import atexit
 import fcntl
-import functools
-import json
 import logging
 import os
 import queue
@@ -24,7 +22,7 @@ from datetime import UTC, datetime
 from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
 
-import pythonjsonlogger.json
+import pythonjsonlogger.orjson
 from opentelemetry import trace
 
 from .config import SHUTDOWN_FLUSH_SECONDS
@@ -49,21 +47,20 @@ class TraceIdFilter(logging.Filter):
         return True
 
 
-class JsonFormatter(pythonjsonlogger.json.JsonFormatter):
+class JsonFormatter(pythonjsonlogger.orjson.OrjsonFormatter):
     """`{"ts", "level", "logger", "trace_id", "span_id", ...}`, then `message`, or for an event logged
     with `extra={"fields": {...}}` its name as `event` and the fields; compact, non-ASCII kept as is.
 
     One form for every line, so that one Grafana derived-field regex, `"trace_id":"([0-9a-f]{32})"`,
-    finds the trace in any of them. python-json-logger gathers and serialises; `process_log_record`
-    (its hook for reshaping) keeps exactly these keys, not the extras other libraries attach.
+    finds the trace in any of them. python-json-logger gathers and serialises (with orjson: compact, the
+    fastest); `process_log_record` (its hook for reshaping) keeps exactly these keys, not the extras
+    other libraries attach.
     """
 
     def __init__(self) -> None:
         super().__init__(
             ["asctime", "levelname", "name", "message"],
             rename_fields={"asctime": "ts", "levelname": "level", "name": "logger", "exc_info": "exception"},
-            json_serializer=functools.partial(json.dumps, separators=(",", ":")),
-            json_ensure_ascii=False,
             json_default=str,
         )
 
