@@ -84,9 +84,10 @@ class Exchange:
 
 
 class HttpEdge:
-    def __init__(self, app, settings: Settings):
+    def __init__(self, app, settings: Settings, labels: list[str]):
         self.app = app
         self.settings = settings
+        self.labels = labels  # the model's: feedback names one
         self.api_schema: bytes | None = None  # made from BentoML's at the first GET /docs.json
 
     async def __call__(self, scope, receive, send) -> None:
@@ -186,7 +187,8 @@ class HttpEdge:
         if self.api_schema is None:
             captured = Captured()
             await self.app(scope, receive, captured)
-            self.api_schema = json.dumps(api_schema.with_errors(json.loads(captured.body))).encode()
+            spec = api_schema.amended(json.loads(captured.body), self.settings.max_batch_size, self.labels)
+            self.api_schema = json.dumps(spec).encode()
         return self.api_schema
 
     def _recording(self, exchange: Exchange, send) -> Callable[[dict], Awaitable[None]]:

@@ -96,4 +96,6 @@ if settings.telemetry_on:
         OpenTelemetryMiddleware, excluded_urls=NOT_THE_API, exclude_spans=["receive", "send"]
     )
 # Every request: its route, its input checks, its metrics, and a JSON answer whatever happens.
-NewsgroupsClassifier.add_asgi_middleware(HttpEdge, settings=settings)
+NewsgroupsClassifier.add_asgi_middleware(
+    HttpEdge, settings=settings, labels=STORED_MODEL.info.metadata["labels"]
+)
