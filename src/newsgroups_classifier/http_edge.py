@@ -1,13 +1,13 @@
 """The service's HTTP edge: an ASGI middleware in front of BentoML's routes.
 
 Every request gets its success response or a JSON error `{"error": "...", "reason": "..."}`: unknown
-paths a 404, other methods a 405, bodies not sent within BODY_TIMEOUT_SECONDS a 408, bad input its 4xx
-(guard.py), and whatever error BentoML answers is given that shape too. The edge counts and times each
-request under a fixed set of route labels (BentoML's own request metrics, labelled by the raw path,
-are switched off in its configuration: a client could add series without bound), serves /metrics, adds
-the error responses to the OpenAPI schema (/docs.json), and logs one `request` event per request that
-no prediction or feedback event stands for (probes and /metrics aside). No log line carries the raw
-path or anything else a client wrote.
+paths a 404, other methods a 405, a WebSocket handshake a 404 (no API takes one), bodies not sent within
+BODY_TIMEOUT_SECONDS a 408, bad input its 4xx (guard.py), and whatever error BentoML answers is given
+that shape too. The edge counts and times each request under a fixed set of route labels (BentoML's own
+request metrics, labelled by the raw path, are switched off in its configuration: a client could add
+series without bound), serves /metrics, adds the error responses to the OpenAPI schema (/docs.json), and
+logs one `request` event per request that no prediction or feedback event stands for (probes and
+/metrics aside). No log line carries the raw path or anything else a client wrote.
 """
 
 from __future__ import annotations
@@ -57,6 +57,9 @@ ROUTES = {
 }
 STATIC = Route("/static_content", ("GET", "HEAD"))
 UNMATCHED = Route("unmatched", ())
+# The ASGI extension by which a server lets the application refuse a WebSocket handshake with an HTTP
+# response of its own (uvicorn has it).
+WEBSOCKET_DENIAL = "websocket.http.response"
 # The reason of an error BentoML answered (its body has none).
 REASONS = {400: "invalid_request", 404: "not_found", 500: "internal_error", 503: "overloaded"}
 
@@ -91,7 +94,10 @@ class HttpEdge:
         self.api_schema: bytes | None = None  # made from BentoML's at the first GET /docs.json
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "websocket" and WEBSOCKET_DENIAL in scope.get("extensions", {}):
+            # No API takes a WebSocket: the handshake (a GET) is refused with our error, not an empty 403
+            scope, send = {**scope, "method": "GET"}, _denying(send)
+        elif scope["type"] != "http":
             return await self.app(scope, receive, send)
         method = scope["method"] if scope["method"] in METHODS else "OTHER"
         exchange = Exchange(route_of(scope["path"]), method, time.perf_counter())
@@ -114,6 +120,10 @@ class HttpEdge:
 
     async def _answer(self, exchange: Exchange, scope, receive, send) -> None:
         route = exchange.route
+        if scope["type"] == "websocket":
+            return await self._reject(
+                exchange, send, Rejection(404, "not_found", "no WebSocket endpoint here")
+            )
         if route is UNMATCHED:
             return await self._reject(exchange, send, Rejection(404, "not_found", "no such path"))
         if exchange.method not in route.methods:
@@ -259,6 +269,15 @@ def _reason(body: bytes) -> str:
         return ""
     shaped = isinstance(data, dict) and "error" in data and isinstance(data.get("reason"), str)
     return data["reason"] if shaped else ""
+
+
+def _denying(send):
+    """`send` for a refused WebSocket handshake: the HTTP response as the denial extension's messages."""
+
+    async def denying(message: dict) -> None:
+        await send({**message, "type": f"websocket.{message['type']}"})
+
+    return denying
 
 
 def _with_json_body(headers: list, length: int) -> list:
