@@ -51,8 +51,8 @@ test: lint stack-bin deploy-tools cluster-bin cluster-images stack-images ## Lin
 unit: ## The in-process tests (tests/unit: no server, no process, nothing built; about 30 s)
 	$(PY) -m pytest tests/unit
 
-# `make fuzz`: how long the generated cases run (seconds; a default `make test` runs them for about
-# 100 s), and their seed, new each run unless given (a failure prints it, to run the same cases again).
+# `make fuzz`: how long the generated cases run (seconds; in a default `make test`, about 70 s), and their
+# seed, new each run unless given (`make fuzz FUZZ_SEED=...` runs the same cases again).
 FUZZ_SECONDS ?= 1800
 ifndef FUZZ_SEED
 FUZZ_SEED := $(shell date +%s)

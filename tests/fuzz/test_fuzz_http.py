@@ -153,8 +153,9 @@ def requests_(draw) -> tuple[bytes, bytes]:
     if draw(st.booleans()):
         headers.append((b"Content-Type", draw(content_types)))
     headers += draw(extra_headers)
-    if method == b"GET" and draw(st.integers(0, 3)) == 0:  # other handshakes are refused before the edge
-        headers += WEBSOCKET
+    if method == b"GET" and draw(st.integers(0, 3)) == 0:
+        # A handshake its library refuses (not a GET, a header it cannot decode) never reaches the edge.
+        headers = [(name, value) for name, value in headers if value.isascii()] + WEBSOCKET
     framing = draw(st.sampled_from(["length"] * 6 + ["chunked"] * 2 + ["short"]))
     if framing == "chunked":
         headers.append((b"Transfer-Encoding", b"chunked"))
@@ -220,13 +221,14 @@ def test_any_request_gets_its_answer_or_a_json_4xx_in_time(fuzzed):
 
 
 def test_bytes_that_are_not_http_get_a_400_or_an_answer(fuzzed):
-    before = series(fuzzed.url)
+    before, sent = series(fuzzed.url), []
 
     @seed(SEED)
     @settings(max_examples=examples(500), deadline=None, database=None)
     @given(st.binary(max_size=300).filter(bytes.strip).map(lambda junk: junk + b"\r\n\r\n"))
     def answered(junk: bytes) -> None:
         note(f"bytes: {junk!r}")
+        sent.append(junk)
         try:
             reply = exchange(fuzzed.port, junk, timeout=ANSWERED_WITHIN)
         except ConnectionError:
@@ -236,6 +238,7 @@ def test_bytes_that_are_not_http_get_a_400_or_an_answer(fuzzed):
             assert reply.json()["reason"] in REASONS, reply
 
     answered()
+    print(f"{len(sent)} requests that are not HTTP")
     assert_still_well(fuzzed, before)
 
 

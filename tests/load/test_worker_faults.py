@@ -124,6 +124,10 @@ def test_a_killed_workers_requests_are_no_longer_in_progress(models_home, tmp_pa
         counted = {dict(labels)["route"]: v for (name, labels), v in samples.items() if name == IN_PROGRESS}
         assert counted.pop("/metrics") == 1  # this scrape
         assert set(counted.values()) == {0}, counted
+        # Every line printed, from the first byte, the new worker's start-up lines included, is JSON.
+        lines = server.log_lines()
+        assert all(isinstance(json.loads(line), dict) for line in lines)
+        assert sum("Service newsgroups-classifier initialized" in line for line in lines) == 2
     finally:
         stop.set()
         server.stop()

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from newsgroups_classifier import http_edge, metrics
 from support.service_process import Server
 
-DEFAULT_SECONDS = 120.0
+DEFAULT_SECONDS = 70.0  # measured: the generated cases of a default run, servers not counted
 FUZZ_SECONDS = float(os.environ.get("FUZZ_SECONDS", DEFAULT_SECONDS))
 SEED = int(os.environ.get("FUZZ_SEED", "24"))
 # Planted in every generated text: it must never reach the log (LOG_TEXT is "none").
