@@ -109,6 +109,8 @@ class HttpEdge:
         except asyncio.CancelledError:  # BentoML's traffic timeout answered it (504)
             exchange.status = exchange.status or 504
             raise
+        except HandshakeClosed:  # nothing more can be sent, and nothing went wrong here
+            pass
         except Exception:  # a bug of ours: still a JSON answer, and its traceback in the log
             requests_log.exception("request failed in the HTTP edge")
             if not exchange.status:
@@ -271,11 +273,18 @@ def _reason(body: bytes) -> str:
     return data["reason"] if shaped else ""
 
 
+class HandshakeClosed(Exception):
+    """The server's WebSocket library closed the handshake before it could be refused."""
+
+
 def _denying(send):
     """`send` for a refused WebSocket handshake: the HTTP response as the denial extension's messages."""
 
     async def denying(message: dict) -> None:
-        await send({**message, "type": f"websocket.{message['type']}"})
+        try:
+            await send({**message, "type": f"websocket.{message['type']}"})
+        except Exception as error:  # e.g. wsproto, on a handshake with a chunked body
+            raise HandshakeClosed from error
 
     return denying
 
