@@ -1,14 +1,14 @@
 """The service's HTTP edge: an ASGI middleware in front of BentoML's routes.
 
 Every request gets its success response or a JSON error `{"error": "...", "reason": "..."}`: unknown
-paths a 404, other methods a 405, bodies not sent within BODY_TIMEOUT_SECONDS a 408, bad input its 4xx
-(guard.py), and whatever error BentoML answers is given that shape too. The edge records each request
-once, under a fixed set of route labels: its metrics, one `request` event if no prediction or feedback
-event stands for it (probes and /metrics aside), and for the API a server span. (BentoML's own request
-metrics, access log and server spans are switched off in its configuration: it labels them with the
-raw path, with which a client could add series without bound.) No log line carries the raw path or
-anything else a client wrote. The edge also serves /metrics and the OpenAPI schema (/docs.json) with
-the error responses added.
+paths a 404, other methods a 405, a WebSocket handshake a 404 (no API takes one), bodies not sent within
+BODY_TIMEOUT_SECONDS a 408, bad input its 4xx (guard.py), and whatever error BentoML answers is given
+that shape too. The edge records each request once, under a fixed set of route labels: its metrics,
+one `request` event if no prediction or feedback event stands for it (probes and /metrics aside), and
+for the API a server span. (BentoML's own request metrics, access log and server spans are switched off
+in its configuration: it labels them with the raw path, with which a client could add series without
+bound.) No log line carries the raw path or anything else a client wrote. The edge also serves /metrics
+and the OpenAPI schema (/docs.json) with the error responses added.
 """
 
 from __future__ import annotations
@@ -62,6 +62,9 @@ ROUTES = {
 }
 STATIC = Route("/static_content", ("GET", "HEAD"))
 UNMATCHED = Route("unmatched", ())
+# The ASGI extension by which a server lets the application refuse a WebSocket handshake with an HTTP
+# response of its own (uvicorn has it).
+WEBSOCKET_DENIAL = "websocket.http.response"
 # The reason of an error BentoML answered (its body has none).
 REASONS = {400: "invalid_request", 404: "not_found", 500: "internal_error", 503: "overloaded"}
 
@@ -89,14 +92,18 @@ class Exchange:
 
 
 class HttpEdge:
-    def __init__(self, app, settings: Settings):
+    def __init__(self, app, settings: Settings, labels: list[str]):
         self.app = app
         self.settings = settings
+        self.labels = labels  # the model's: feedback names one
         self.tracer = trace.get_tracer(__name__)
         self.api_schema: bytes | None = None  # made from BentoML's at the first GET /docs.json
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "websocket" and WEBSOCKET_DENIAL in scope.get("extensions", {}):
+            # No API takes a WebSocket: the handshake (a GET) is refused with our error, not an empty 403
+            scope, send = {**scope, "method": "GET"}, _denying(send)
+        elif scope["type"] != "http":
             return await self.app(scope, receive, send)
         method = scope["method"] if scope["method"] in METHODS else "OTHER"
         exchange = Exchange(route_of(scope["path"]), method, time.perf_counter())
@@ -109,6 +116,8 @@ class HttpEdge:
             except asyncio.CancelledError:  # BentoML's traffic timeout answered it (504)
                 exchange.status = exchange.status or 504
                 raise
+            except HandshakeClosed:  # nothing more can be sent, and nothing went wrong here
+                pass
             except Exception:  # a bug of ours: still a JSON answer, and its traceback in the log
                 requests_log.exception("request failed in the HTTP edge")
                 if not exchange.status:
@@ -129,6 +138,10 @@ class HttpEdge:
 
     async def _answer(self, exchange: Exchange, scope, receive, send) -> None:
         route = exchange.route
+        if scope["type"] == "websocket":
+            return await self._reject(
+                exchange, send, Rejection(404, "not_found", "no WebSocket endpoint here")
+            )
         if route is UNMATCHED:
             return await self._reject(exchange, send, Rejection(404, "not_found", "no such path"))
         if exchange.method not in route.methods:
@@ -202,7 +215,8 @@ class HttpEdge:
         if self.api_schema is None:
             captured = Captured()
             await self.app(scope, receive, captured)
-            self.api_schema = json.dumps(api_schema.with_errors(json.loads(captured.body))).encode()
+            spec = api_schema.amended(json.loads(captured.body), self.settings.max_batch_size, self.labels)
+            self.api_schema = json.dumps(spec).encode()
         return self.api_schema
 
     def _recording(self, exchange: Exchange, send) -> Callable[[dict], Awaitable[None]]:
@@ -273,6 +287,22 @@ def _reason(body: bytes) -> str:
         return ""
     shaped = isinstance(data, dict) and "error" in data and isinstance(data.get("reason"), str)
     return data["reason"] if shaped else ""
+
+
+class HandshakeClosed(Exception):
+    """The server's WebSocket library closed the handshake before it could be refused."""
+
+
+def _denying(send):
+    """`send` for a refused WebSocket handshake: the HTTP response as the denial extension's messages."""
+
+    async def denying(message: dict) -> None:
+        try:
+            await send({**message, "type": f"websocket.{message['type']}"})
+        except Exception as error:  # e.g. wsproto, on a handshake with a chunked body
+            raise HandshakeClosed from error
+
+    return denying
 
 
 def _with_json_body(headers: list, length: int) -> list:

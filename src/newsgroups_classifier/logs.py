@@ -34,6 +34,9 @@ SERVICE_LOGGERS = "newsgroups_classifier"
 EXPORTER_LOGGERS = ("opentelemetry",)  # they complain on every failed export while a collector is down
 ERRORS_LOGGER = "newsgroups_classifier.errors"  # uncaught exceptions and warnings
 STDERR_LOGGER = "newsgroups_classifier.stderr"  # lines written to stderr
+# OpenTelemetry's propagators warn about the traceparent, tracestate and baggage headers they cannot
+# parse, quoting them: what a client wrote. Their messages are kept, the quoted values are not.
+CLIENT_QUOTING_LOGGERS = ("opentelemetry.trace", "opentelemetry.baggage")
 
 
 class TraceIdFilter(logging.Filter):
@@ -44,6 +47,15 @@ class TraceIdFilter(logging.Filter):
         if span_context.is_valid:
             record.trace_id = format(span_context.trace_id, "032x")
             record.span_id = format(span_context.span_id, "016x")
+        return True
+
+
+class WithoutClientValues(logging.Filter):
+    """Replaces the arguments of `CLIENT_QUOTING_LOGGERS`' records: values a client sent."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith(CLIENT_QUOTING_LOGGERS) and record.args:
+            record.args = ("<not logged>",) * len(record.args) if isinstance(record.args, tuple) else None
         return True
 
 
@@ -198,6 +210,7 @@ def install_json_logging(
     queued = DroppingQueueHandler(queue.Queue(QUEUE_SIZE))
     queued.setFormatter(formatter)
     queued.addFilter(RateLimitFilter((*EXPORTER_LOGGERS, STDERR_LOGGER, *rate_limited)))
+    queued.addFilter(WithoutClientValues())
     queued.addFilter(trace_ids)
     loggers = [logging.getLogger()] + [
         logger for logger in logging.root.manager.loggerDict.values() if isinstance(logger, logging.Logger)

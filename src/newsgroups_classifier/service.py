@@ -92,5 +92,7 @@ class NewsgroupsClassifier:
 
 
 # Every request, inside BentoML's own middlewares: its route, its input checks, its metrics, event and
-# server span, and a JSON answer whatever happens.
-NewsgroupsClassifier.add_asgi_middleware(HttpEdge, settings=settings)
+# server span, and a JSON answer whatever happens (the schema it publishes names the model's labels).
+NewsgroupsClassifier.add_asgi_middleware(
+    HttpEdge, settings=settings, labels=STORED_MODEL.info.metadata["labels"]
+)
