@@ -23,7 +23,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 include helm-config/charts.env
 
-.PHONY: help setup train serve test unit lint format validate stack-bin e2e loadtest bench bench-tools export-feedback \
+.PHONY: help setup train serve test unit fuzz lint format validate stack-bin e2e loadtest bench bench-tools export-feedback \
 	build cluster-up deploy dashboards port-forward cluster-down clean cluster-bin cluster-packages cluster-images \
 	stack-images cluster-test deploy-tools publish-model models rollback retrain
 
@@ -50,6 +50,17 @@ test: lint stack-bin deploy-tools cluster-bin cluster-images stack-images ## Lin
 
 unit: ## The in-process tests (tests/unit: no server, no process, nothing built; about 30 s)
 	$(PY) -m pytest tests/unit
+
+# `make fuzz`: how long the generated cases run (seconds; in a default `make test`, about 70 s), and their
+# seed, new each run unless given (`make fuzz FUZZ_SEED=...` runs the same cases again).
+FUZZ_SECONDS ?= 1800
+ifndef FUZZ_SEED
+FUZZ_SEED := $(shell date +%s)
+endif
+
+fuzz: ## The fuzzing tier (tests/fuzz) for about FUZZ_SECONDS (1800): schemathesis and Hypothesis against a real service, seed FUZZ_SEED
+	@echo "fuzzing for about $(FUZZ_SECONDS) s with FUZZ_SEED=$(FUZZ_SEED)"
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_SEED=$(FUZZ_SEED) $(PY) -m pytest tests/fuzz --timeout 0
 
 lint: ## ruff lint and format check
 	$(VENV)/bin/ruff check src tests load_testing

@@ -55,7 +55,8 @@ class PredictionIdSigner:
 
     def verify(self, prediction_id: str, now: float | None = None) -> PredictionRef:
         encoded, dot, signature = prediction_id.partition(".")
-        if not dot or not encoded or not signature or len(prediction_id) > 512:
+        # compare_digest takes ASCII text only: any other character makes the id malformed, not a 500
+        if not dot or not encoded or not signature or len(prediction_id) > 512 or not prediction_id.isascii():
             raise FeedbackError("malformed_id", "prediction_id is malformed: expected <payload>.<signature>")
         if not hmac.compare_digest(signature, self._sign(encoded)):
             raise FeedbackError(

@@ -1,13 +1,14 @@
 """The service's HTTP edge: an ASGI middleware in front of BentoML's routes.
 
 Every request gets its success response or a JSON error `{"error": "...", "reason": "..."}`: unknown
-paths a 404, other methods a 405, bodies not sent within BODY_TIMEOUT_SECONDS a 408, bad input its 4xx
-(guard.py), and whatever error BentoML answers is given that shape too. The edge counts and times each
-request under a fixed set of route labels (BentoML's own request metrics, labelled by the raw path,
-are switched off in its configuration: a client could add series without bound), serves /metrics, adds
-the error responses to the OpenAPI schema (/docs.json), and logs one `request` event per request that
-no prediction or feedback event stands for (probes and /metrics aside). No log line carries the raw
-path or anything else a client wrote.
+paths a 404, other methods a 405, a WebSocket handshake a 404 (no API takes one), bodies not sent within
+BODY_TIMEOUT_SECONDS a 408, bad input its 4xx (guard.py), and whatever error BentoML answers is given
+that shape too. The edge records each request once, under a fixed set of route labels: its metrics,
+one `request` event if no prediction or feedback event stands for it (probes and /metrics aside), and
+for the API a server span. (BentoML's own request metrics, access log and server spans are switched off
+in its configuration: it labels them with the raw path, with which a client could add series without
+bound.) No log line carries the raw path or anything else a client wrote. The edge also serves /metrics
+and the OpenAPI schema (/docs.json) with the error responses added.
 """
 
 from __future__ import annotations
@@ -17,12 +18,16 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from http import HTTPStatus
+
+from opentelemetry import trace
 
 from . import api_schema, metrics
 from .config import Settings
 from .guard import Rejection, batch_body, feedback_body, media_type, predict_body
+from .tracing import server_span, set_status_code
 
 REQUESTS_LOGGER = "newsgroups_classifier.requests"
 JSON_TYPE = b"application/json"
@@ -57,6 +62,9 @@ ROUTES = {
 }
 STATIC = Route("/static_content", ("GET", "HEAD"))
 UNMATCHED = Route("unmatched", ())
+# The ASGI extension by which a server lets the application refuse a WebSocket handshake with an HTTP
+# response of its own (uvicorn has it).
+WEBSOCKET_DENIAL = "websocket.http.response"
 # The reason of an error BentoML answered (its body has none).
 REASONS = {400: "invalid_request", 404: "not_found", 500: "internal_error", 503: "overloaded"}
 
@@ -84,35 +92,56 @@ class Exchange:
 
 
 class HttpEdge:
-    def __init__(self, app, settings: Settings):
+    def __init__(self, app, settings: Settings, labels: list[str]):
         self.app = app
         self.settings = settings
+        self.labels = labels  # the model's: feedback names one
+        self.tracer = trace.get_tracer(__name__)
         self.api_schema: bytes | None = None  # made from BentoML's at the first GET /docs.json
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "websocket" and WEBSOCKET_DENIAL in scope.get("extensions", {}):
+            # No API takes a WebSocket: the handshake (a GET) is refused with our error, not an empty 403
+            scope, send = {**scope, "method": "GET"}, _denying(send)
+        elif scope["type"] != "http":
             return await self.app(scope, receive, send)
         method = scope["method"] if scope["method"] in METHODS else "OTHER"
         exchange = Exchange(route_of(scope["path"]), method, time.perf_counter())
         recorded = self.settings.telemetry_on
-        if recorded:
-            metrics.HTTP_IN_PROGRESS.labels(exchange.route.label).inc()
-        try:
-            await self._answer(exchange, scope, receive, self._recording(exchange, send))
-        except asyncio.CancelledError:  # BentoML's traffic timeout answered it (504)
-            exchange.status = exchange.status or 504
-            raise
-        except Exception:  # a bug of ours: still a JSON answer, and its traceback in the log
-            requests_log.exception("request failed in the HTTP edge")
-            if not exchange.status:
-                exchange.reason = "internal_error"
-                await self._respond(exchange, send, 500, "internal error", "internal_error")
-        finally:
+        with self._span(exchange, scope["headers"]) as span:
             if recorded:
-                self._record(exchange)
+                metrics.http_in_progress(exchange.route.label).inc()
+            try:
+                await self._answer(exchange, scope, receive, self._recording(exchange, send))
+            except asyncio.CancelledError:  # BentoML's traffic timeout answered it (504)
+                exchange.status = exchange.status or 504
+                raise
+            except HandshakeClosed:  # nothing more can be sent, and nothing went wrong here
+                pass
+            except Exception:  # a bug of ours: still a JSON answer, and its traceback in the log
+                requests_log.exception("request failed in the HTTP edge")
+                if not exchange.status:
+                    exchange.reason = "internal_error"
+                    await self._respond(exchange, send, 500, "internal error", "internal_error")
+            finally:
+                if span is not None:
+                    set_status_code(span, exchange.status or 500)
+                if recorded:
+                    self._record(exchange)
+
+    def _span(self, exchange: Exchange, headers: list):
+        """A server span for the API's requests (telemetry on): the rest are not traced."""
+        api = exchange.route.check is not None and exchange.method in exchange.route.methods
+        if self.settings.telemetry_on and api:
+            return server_span(self.tracer, exchange.method, exchange.route.label, headers)
+        return nullcontext()
 
     async def _answer(self, exchange: Exchange, scope, receive, send) -> None:
         route = exchange.route
+        if scope["type"] == "websocket":
+            return await self._reject(
+                exchange, send, Rejection(404, "not_found", "no WebSocket endpoint here")
+            )
         if route is UNMATCHED:
             return await self._reject(exchange, send, Rejection(404, "not_found", "no such path"))
         if exchange.method not in route.methods:
@@ -146,23 +175,23 @@ class HttpEdge:
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
             raise too_large
-        deadline = time.monotonic() + self.settings.body_timeout_seconds
         chunks, size = [], 0
-        while True:
-            try:
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                seconds = self.settings.body_timeout_seconds
-                raise Rejection(408, "body_timeout", f"the body was not sent within {seconds:g} s") from None
-            if message["type"] == "http.disconnect":
-                break
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > limit:
-                raise too_large
-            if not message.get("more_body", False):
-                exchange.body_read = True
-                break
+        try:
+            async with asyncio.timeout(self.settings.body_timeout_seconds):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        break
+                    chunks.append(message.get("body", b""))
+                    size += len(chunks[-1])
+                    if size > limit:
+                        raise too_large
+                    if not message.get("more_body", False):
+                        exchange.body_read = True
+                        break
+        except TimeoutError:
+            seconds = self.settings.body_timeout_seconds
+            raise Rejection(408, "body_timeout", f"the body was not sent within {seconds:g} s") from None
         return b"".join(chunks)
 
     async def _reject(self, exchange: Exchange, send, rejection: Rejection, headers=()) -> None:
@@ -186,7 +215,8 @@ class HttpEdge:
         if self.api_schema is None:
             captured = Captured()
             await self.app(scope, receive, captured)
-            self.api_schema = json.dumps(api_schema.with_errors(json.loads(captured.body))).encode()
+            spec = api_schema.amended(json.loads(captured.body), self.settings.max_batch_size, self.labels)
+            self.api_schema = json.dumps(spec).encode()
         return self.api_schema
 
     def _recording(self, exchange: Exchange, send) -> Callable[[dict], Awaitable[None]]:
@@ -225,9 +255,9 @@ class HttpEdge:
     def _record(self, exchange: Exchange) -> None:
         seconds = time.perf_counter() - exchange.started
         label = exchange.route.label
-        metrics.HTTP_IN_PROGRESS.labels(label).dec()
-        metrics.HTTP_REQUESTS.labels(label, exchange.method, str(exchange.status or 500)).inc()
-        metrics.HTTP_DURATION.labels(label).observe(seconds)
+        metrics.http_in_progress(label).dec()
+        metrics.http_requests(label, exchange.method, exchange.status or 500).inc()
+        metrics.http_duration(label).observe(seconds)
         api_success = exchange.route.check is not None and exchange.status < 400
         if exchange.route.logged and not api_success:  # predictions and feedback have their own events
             fields = {"method": exchange.method, "route": label, "status": exchange.status}
@@ -257,6 +287,22 @@ def _reason(body: bytes) -> str:
         return ""
     shaped = isinstance(data, dict) and "error" in data and isinstance(data.get("reason"), str)
     return data["reason"] if shaped else ""
+
+
+class HandshakeClosed(Exception):
+    """The server's WebSocket library closed the handshake before it could be refused."""
+
+
+def _denying(send):
+    """`send` for a refused WebSocket handshake: the HTTP response as the denial extension's messages."""
+
+    async def denying(message: dict) -> None:
+        try:
+            await send({**message, "type": f"websocket.{message['type']}"})
+        except Exception as error:  # e.g. wsproto, on a handshake with a chunked body
+            raise HandshakeClosed from error
+
+    return denying
 
 
 def _with_json_body(headers: list, length: int) -> list:

@@ -8,6 +8,7 @@ summed over workers on /metrics; gauges say how to combine them (`max`: every wo
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -77,6 +78,24 @@ HTTP_IN_PROGRESS = Gauge(
 REJECTED = Counter(
     f"{PREFIX}_rejected_requests", "Requests rejected with a 4xx, by reason", ["endpoint", "reason"]
 )
+
+
+# Each request's children, made once per label set (the label values are fixed sets).
+@functools.cache
+def http_in_progress(route: str) -> Gauge:
+    return HTTP_IN_PROGRESS.labels(route)
+
+
+@functools.cache
+def http_requests(route: str, method: str, code: int) -> Counter:
+    return HTTP_REQUESTS.labels(route, method, str(code))
+
+
+@functools.cache
+def http_duration(route: str) -> Histogram:
+    return HTTP_DURATION.labels(route)
+
+
 DROPPED_LINES = Counter(
     f"{PREFIX}_log_lines_dropped",
     "Log lines dropped: stdout blocked with the queue full, or a line that could not be formatted or written",

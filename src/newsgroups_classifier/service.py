@@ -6,7 +6,6 @@ from typing import Annotated
 
 import bentoml
 from bentoml.validators import ContentType
-from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 from starlette.responses import JSONResponse
 
@@ -26,7 +25,7 @@ from .feedback import FeedbackError
 from .http_edge import HttpEdge
 from .logs import take_over_process_output
 from .prediction_telemetry import ERRORS_LOGGER
-from .tracing import NOT_THE_API, configure_tracing
+from .tracing import configure_tracing
 
 SERVICE_NAME = "newsgroups-classifier"
 JSON = "application/json"
@@ -93,12 +92,8 @@ class NewsgroupsClassifier:
         return {"status": "recorded", "correct": correct}
 
 
-# Inside BentoML's own middlewares, outermost first. The API's server spans: OpenTelemetry's ASGI
-# instrumentation without its per-message `http receive`/`http send` spans (BentoML's, which makes
-# those, is switched off for every path in its configuration).
-if settings.telemetry_on:
-    NewsgroupsClassifier.add_asgi_middleware(
-        OpenTelemetryMiddleware, excluded_urls=NOT_THE_API, exclude_spans=["receive", "send"]
-    )
-# Every request: its route, its input checks, its metrics, and a JSON answer whatever happens.
-NewsgroupsClassifier.add_asgi_middleware(HttpEdge, settings=settings)
+# Every request, inside BentoML's own middlewares: its route, its input checks, its metrics, event and
+# server span, and a JSON answer whatever happens (the schema it publishes names the model's labels).
+NewsgroupsClassifier.add_asgi_middleware(
+    HttpEdge, settings=settings, labels=STORED_MODEL.info.metadata["labels"]
+)

@@ -1,9 +1,8 @@
 """Traces: the OpenTelemetry SDK configured by the standard OTEL_* variables, a server span for each API
-request (OpenTelemetry's ASGI instrumentation), and one `inference` span per request for the model call."""
+request (made by the HTTP edge), and one `inference` span per request for the model call."""
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,17 +14,14 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .config import Settings
 
 PROPAGATOR = TraceContextTextMapPropagator()
 EXPORTERS = {"grpc": GrpcSpanExporter, "http/protobuf": HttpSpanExporter}
-API_ROUTES = ("/predict", "/predict_batch", "/feedback")
-# Which request URLs (scheme://host/path) get no server span: all but the API's. A span is named
-# after its path and the collector makes a series per span name, so traced paths must be a fixed set.
-NOT_THE_API = "^(?![a-z]+://[^/]*(" + "|".join(re.escape(route) for route in API_ROUTES) + ")$)"
+TRACE_HEADERS = (b"traceparent", b"tracestate")
 
 
 def configure_tracing(settings: Settings, service_name: str, model_version: str) -> None:
@@ -43,6 +39,26 @@ def configure_tracing(settings: Settings, service_name: str, model_version: str)
     exporter = EXPORTERS[settings.otel_exporter_otlp_protocol]()
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+
+
+@contextmanager
+def server_span(tracer: trace.Tracer, method: str, route: str, headers: list) -> Iterator[trace.Span]:
+    """The server span of an API request, continued from its `traceparent` and current while the request
+    is answered; named after its route (a fixed set: the collector makes a metric series of each span
+    name). The caller sets the status code."""
+    carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers if k in TRACE_HEADERS}
+    attributes = {"http.request.method": method, "http.route": route, "url.path": route}
+    span = tracer.start_span(
+        f"{method} {route}", PROPAGATOR.extract(carrier), kind=SpanKind.SERVER, attributes=attributes
+    )
+    with trace.use_span(span, end_on_exit=True):
+        yield span
+
+
+def set_status_code(span: trace.Span, status: int) -> None:
+    span.set_attribute("http.response.status_code", status)
+    if status >= 500:
+        span.set_status(Status(StatusCode.ERROR))
 
 
 def request_context(traceparent: str = "") -> context.Context:

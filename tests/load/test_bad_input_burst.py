@@ -71,7 +71,7 @@ def bad_requests(text: str) -> list[tuple[Request, int, str]]:
             json={"texts": [text] * (MAX_BATCH + 1)},
         ),
         case("batch with a blank text", "/predict_batch", 400, "empty_text", json={"texts": [text, " "]}),
-        case("forged prediction id", "/feedback", 400, "unknown_id", json=forged),
+        case("forged prediction id", "/feedback", 404, "unknown_id", json=forged),
     ]
 
 

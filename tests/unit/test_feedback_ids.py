@@ -24,6 +24,14 @@ def test_an_id_signed_with_another_key_is_unknown():
         PredictionIdSigner(b"b" * 32, 60).verify(prediction_id)
 
 
+@pytest.mark.parametrize("prediction_id", ["a.b\u00e9", "\u00e9.b", "caf\u00e9"])
+def test_an_id_with_characters_the_service_never_issues_is_malformed(prediction_id):
+    # Found by fuzzing: hmac.compare_digest refuses non-ASCII text with a TypeError (a 500).
+    with pytest.raises(FeedbackError) as error:
+        PredictionIdSigner(b"k" * 32, 60).verify(prediction_id)
+    assert (error.value.reason, error.value.status) == ("malformed_id", 400)
+
+
 def claimed(seen: SeenIds, ref) -> bool:
     try:
         with seen.claim(ref):
