@@ -92,10 +92,12 @@ class Exchange:
 
 
 class HttpEdge:
-    def __init__(self, app, settings: Settings, labels: list[str]):
+    def __init__(self, app, settings: Settings, labels: Callable[[], list[str]]):
         self.app = app
         self.settings = settings
-        self.labels = labels  # the model's: feedback names one
+        # The model's (feedback names one), asked for when the schema is first made: the worker has loaded
+        # the model by then, which the image does not hold (the pod fetches it).
+        self.labels = labels
         self.tracer = trace.get_tracer(__name__)
         self.api_schema: bytes | None = None  # made from BentoML's at the first GET /docs.json
 
@@ -215,7 +217,7 @@ class HttpEdge:
         if self.api_schema is None:
             captured = Captured()
             await self.app(scope, receive, captured)
-            spec = api_schema.amended(json.loads(captured.body), self.settings.max_batch_size, self.labels)
+            spec = api_schema.amended(json.loads(captured.body), self.settings.max_batch_size, self.labels())
             self.api_schema = json.dumps(spec).encode()
         return self.api_schema
 

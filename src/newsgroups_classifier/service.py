@@ -61,6 +61,12 @@ BATCHING = {
 # it, and where in the cluster the pod's init container fetched it from the model store (model_store.py).
 @bentoml.service(name=SERVICE_NAME, workers=settings.workers)  # traffic: the ConfigMap
 class NewsgroupsClassifier:
+    @bentoml.on_deployment
+    def check_model() -> None:
+        """Once, in `bentoml serve` before any worker starts: without its model the server stops with a
+        clear error (a worker that failed would be started again, forever)."""
+        resolve_model(settings.model_tag)
+
     def __init__(self) -> None:
         metrics.register_worker()
         stored = resolve_model(settings.model_tag)
@@ -95,5 +101,5 @@ class NewsgroupsClassifier:
 # Every request, inside BentoML's own middlewares: its route, its input checks, its metrics, event and
 # server span, and a JSON answer whatever happens (the schema it publishes names the model's labels).
 NewsgroupsClassifier.add_asgi_middleware(
-    HttpEdge, settings=settings, labels=STORED_MODEL.info.metadata["labels"]
+    HttpEdge, settings=settings, labels=lambda: resolve_model(settings.model_tag).info.metadata["labels"]
 )

@@ -30,7 +30,7 @@ class TracedEdge(HttpEdge):
     exporter = InMemorySpanExporter()
 
     def __init__(self, app, settings):
-        super().__init__(app, settings, labels=["rec.autos", "rec.sport.hockey"])
+        super().__init__(app, settings, labels=lambda: ["rec.autos", "rec.sport.hockey"])
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(self.exporter))
         self.tracer = provider.get_tracer("test")
