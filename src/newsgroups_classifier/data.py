@@ -74,7 +74,10 @@ def build_cache_from_archive(archive: Path, data_home: Path) -> Path:
         return cache_path
     with tempfile.TemporaryDirectory(dir=data_home) as tmp:
         with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(tmp, filter="data")
+            # The "data" filter (no links out, no special files) where this Python has it: from 3.11.4 on.
+            # The image's Python may be older (Debian's 3.11.2): scikit-learn's own download extracts
+            # without it.
+            tar.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         cache = {
             subset: load_files(os.path.join(tmp, f"20news-bydate-{subset}"), encoding="latin1")
             for subset in ("train", "test")
