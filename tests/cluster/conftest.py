@@ -18,9 +18,11 @@ from support.charts import cluster_releases, render
 from support.cluster_images import image_archive, images_env
 from support.cluster_node import BINARIES, NODE_IP, PAUSE_IMAGE, Cluster, cluster_binary, stop_on_sigterm
 from support.cluster_service import DEPLOYMENT, MANIFEST_IMAGE, NAMESPACE, SERVICE
+from support.deploy_files import find_manifest, manifest_documents
 from support.otlp_receiver import OtlpReceiver
-from support.paths import REPO
-from support.processes import GiveUp, poll_until, tail
+from support.paths import ARCHIVE, REPO
+from support.processes import GiveUp, poll_until, stop_process, tail
+from support.s3_store import ACCESS_KEY, SECRET_KEY
 
 HERE = Path(__file__).parent
 # One test-only values overlay per release that runs here (image names, pull policy, storage).
@@ -112,6 +114,40 @@ def start_stand_ins(cluster: Cluster, received: Path) -> subprocess.Popen:
     return process
 
 
+def start_store(cluster: Cluster, directory: Path) -> subprocess.Popen:
+    """versitygw (support/s3_store.py) inside the node's network namespace on the node IP, where the
+    Service minio leads (stand-ins.yaml): the model store, standing in for MinIO. The bucket
+    manifests/model-store.yaml names is made empty."""
+    port = stand_in_ports()["minio"]
+    bucket = find_manifest("ConfigMap", "newsgroups-model-store")["data"]["MODEL_STORE_BUCKET"]
+    (directory / bucket).mkdir(parents=True)
+    log = directory.with_suffix(".log")
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [*cluster.enter(), sys.executable, "-m", "support.s3_store", NODE_IP, str(port), directory],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": f"{REPO / 'tests'}:{REPO / 'src'}"},
+        )
+
+    def listening() -> bool:
+        if process.poll() is not None:
+            raise GiveUp(f"versitygw exited with {process.returncode}:\n{tail(log)}")
+        return cluster.curl(f"http://{NODE_IP}:{port}/", check=False).returncode == 0
+
+    poll_until(listening, timeout=30, what="the model store's S3 server")
+    return process
+
+
+def volume_owner(name: str) -> str:
+    """The user a node directory standing in for a volume belongs to: the retraining Job's for its training
+    data, nobody (the Prometheus chart's pods) for the rest."""
+    if name == "newsgroups-training-data":
+        (cronjob,) = [doc for _, doc in manifest_documents() if doc["kind"] == "CronJob"]
+        return str(cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["securityContext"]["runAsUser"])
+    return "65534"
+
+
 def images_of(objects: list[dict]) -> set[str]:
     """Every container image a rendering runs."""
     images = set()
@@ -130,13 +166,19 @@ def observability(cluster, helm, tmp_path_factory) -> Iterator[Observability]:
     releases = [r for r in cluster_releases().values() if (OVERLAYS / f"{r.name}.yaml").exists()]
     received = tmp_path_factory.mktemp("observability") / "received"
     receivers = start_stand_ins(cluster, received)
+    store = start_store(cluster, received.parent / "model-store")
     try:
         cluster.kubectl("create", "namespace", "observability")
         for doc in yaml.safe_load_all(STAND_INS.read_text()):
-            if doc["kind"] == "PersistentVolume":  # Prometheus' (the chart's pod runs as nobody)
-                cluster.in_netns(
-                    "install", "-d", "-o", "65534", "-g", "65534", doc["spec"]["hostPath"]["path"]
-                )
+            if doc["kind"] == "PersistentVolume":
+                owner, path = volume_owner(doc["metadata"]["name"]), doc["spec"]["hostPath"]["path"]
+                cluster.in_netns("install", "-d", "-o", owner, "-g", owner, path)
+        # The training data as an offline cluster holds it: the archive in the volume (docs/deployment.md).
+        training_data = next(
+            d["spec"]["hostPath"]["path"] for d in yaml.safe_load_all(STAND_INS.read_text())
+            if d["metadata"]["name"] == "newsgroups-training-data"
+        )  # fmt: skip
+        cluster.in_netns("install", "-m", "0644", ARCHIVE, f"{training_data}/{ARCHIVE.name}")
         # Server-side: no last-applied annotation, which the charts' dry runs (test_cluster.py) would take
         # for objects of their own to migrate.
         cluster.kubectl("apply", "--server-side", "-f", STAND_INS)
@@ -156,6 +198,7 @@ def observability(cluster, helm, tmp_path_factory) -> Iterator[Observability]:
     finally:
         receivers.terminate()
         receivers.wait(30)
+        stop_process(store)
 
 
 @dataclass(frozen=True)
@@ -193,16 +236,55 @@ def service_image(cluster, models_home, tmp_path_factory) -> str:
     return MANIFEST_IMAGE
 
 
+def publish_model(cluster: Cluster, models_home: Path) -> str:
+    """`make publish-model` of the test suite's model, run inside the node's network namespace, where the
+    model store's Service reaches the stand-in, with the keys a user exports for another S3; its tag."""
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(models_home),
+        "MODEL_STORE_ENDPOINT": f"http://{NODE_IP}:{stand_in_ports()['minio']}",
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+    }
+    published = cluster.in_netns("make", "--no-print-directory", "-C", REPO, "publish-model", env=env)
+    return published.stdout.strip()
+
+
 @pytest.fixture(scope="session")
-def deployed(cluster, observability, service_image) -> Deployed:
-    """The manifests applied as docs/deployment.md says (after `make cluster-up`'s stack, the Secret
-    first), rolled out, and scaled by the HPA to its minReplicas, all Ready: where every test starts
-    from."""
+def deployed(cluster, observability, service_image, models_home) -> Deployed:
+    """The manifests applied as docs/deployment.md says (after `make cluster-up`'s stack, the Secrets
+    first; the model published with `make publish-model` and named in its ConfigMap), rolled out, and
+    scaled by the HPA to its minReplicas, all Ready, and the retraining trigger Ready: where every test
+    starts from."""
     kubectl = cluster.kubectl
     kubectl("apply", "-f", REPO / "manifests" / "00-namespace.yaml")
     secret = ["create", "secret", "generic", "newsgroups-classifier-feedback"]
     kubectl("-n", NAMESPACE, *secret, "--from-literal=FEEDBACK_SIGNING_KEY=cluster-test-signing-key")
+    # The model store's key, as `make cluster-up` makes it, with the stand-in's secret.
+    store_keys = [
+        f"--from-literal=AWS_ACCESS_KEY_ID={ACCESS_KEY}",
+        f"--from-literal=AWS_SECRET_ACCESS_KEY={SECRET_KEY}",
+    ]
+    kubectl("-n", NAMESPACE, "create", "secret", "generic", "model-store-credentials", *store_keys)
+    tag = publish_model(cluster, models_home)
+    kubectl(
+        "-n",
+        NAMESPACE,
+        "create",
+        "configmap",
+        "newsgroups-classifier-model",
+        f"--from-literal=MODEL_TAG={tag}",
+    )
     applied = kubectl("apply", "-f", REPO / "manifests").stdout
+    kubectl(
+        "-n",
+        NAMESPACE,
+        "rollout",
+        "status",
+        "deployment/newsgroups-retraining-trigger",
+        "--timeout=300s",
+        timeout=330,
+    )
     min_replicas = kubectl(
         "-n", NAMESPACE, "get", "hpa", SERVICE, "-o", "jsonpath={.spec.minReplicas}"
     ).stdout

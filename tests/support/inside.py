@@ -3,6 +3,9 @@
 inside.py dns NAME SERVER          print the A records SERVER (port 53, UDP) gives for NAME
 inside.py traffic URL SECONDS      POST a text to URL back to back for SECONDS (or until SIGTERM),
                                    then print {"ok": n, "failed": [...], "model_versions": [...]}
+inside.py labelled URL FILE        for each {"text", "label"} line of FILE: POST the text to URL/predict,
+                                   then its label to URL/feedback; print {"feedback": n, "failed": [...],
+                                   "prediction_ids": [...], "model_versions": [...]}
 """
 
 from __future__ import annotations
@@ -68,12 +71,44 @@ def traffic(url: str, seconds: float) -> dict:
     return result
 
 
+def post_json(url: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def labelled(url: str, path: str) -> dict:
+    """Predictions with their true labels as feedback: the data loop's input, as users would send it."""
+    result = {"feedback": 0, "failed": [], "prediction_ids": [], "model_versions": []}
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            item = json.loads(line)
+            try:
+                prediction = post_json(f"{url}/predict", {"text": item["text"]})
+                post_json(
+                    f"{url}/feedback", {"prediction_id": prediction["prediction_id"], "label": item["label"]}
+                )
+            except (OSError, urllib.error.URLError, ValueError) as exc:
+                result["failed"].append(f"{time.time():.3f} {exc}")
+                continue
+            result["feedback"] += 1
+            result["prediction_ids"].append(prediction["prediction_id"])
+            if prediction["model_version"] not in result["model_versions"]:
+                result["model_versions"].append(prediction["model_version"])
+    print(json.dumps(result), flush=True)
+    return result
+
+
 def main() -> None:
     command, *args = sys.argv[1:]
     if command == "dns":
         print("\n".join(dns_a_records(*args)))
     elif command == "traffic":
         traffic(args[0], float(args[1]))
+    elif command == "labelled":
+        labelled(*args)
     else:
         raise SystemExit(__doc__)
 

@@ -117,6 +117,14 @@ def query_range(entries: list[Entry], params: dict[str, str]) -> dict:
     return {"status": "success", "data": {"resultType": "streams", "result": list(streams.values())}}
 
 
+def answer(entries: list[Entry], params: dict[str, str]) -> tuple[int, dict]:
+    """Loki's answer to a query_range request: (HTTP status, JSON body)."""
+    try:
+        return 200, query_range(entries, params)
+    except (KeyError, ValueError) as exc:
+        return 400, {"status": "error", "error": str(exc)}
+
+
 class LokiQueryServer:
     """A local HTTP server answering `GET /loki/api/v1/query_range` as Loki documents it, from `entries()`."""
 
@@ -141,10 +149,7 @@ class LokiQueryServer:
                     return
                 params = {key: values[-1] for key, values in parse_qs(url.query).items()}
                 loki.queries.append(params)
-                try:
-                    status, body = 200, query_range(loki.entries(), params)
-                except (KeyError, ValueError) as exc:
-                    status, body = 400, {"status": "error", "error": str(exc)}
+                status, body = answer(loki.entries(), params)
                 payload = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

@@ -4,12 +4,15 @@ definitions."""
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
@@ -57,7 +60,8 @@ class OtlpReceiver:
 
     With `dump_dir`, every export request is also written there as it came (`read_dumps` decodes them
     again): for a receiver that runs in another process, such as inside the cluster tier's network
-    namespace."""
+    namespace. `queries` answers GET requests on the same HTTP port, path -> (query parameters -> (status,
+    JSON body)): the read API of the backend whose address the receiver takes (Loki's query_range)."""
 
     def __init__(
         self,
@@ -66,6 +70,7 @@ class OtlpReceiver:
         grpc_port: int | None = None,
         http_port: int | None = None,
         dump_dir: Path | None = None,
+        queries: dict[str, Callable[[dict[str, str]], tuple[int, dict]]] | None = None,
     ) -> None:
         self.spans: list[ReceivedSpan] = []
         self.logs: list[ReceivedLog] = []
@@ -78,6 +83,7 @@ class OtlpReceiver:
         self.grpc_port = grpc_port or free_port()
         self.http_port = http_port or free_port()
         self.dump_dir = dump_dir
+        self.queries = queries or {}
         self._dumped = 0
 
     @property
@@ -200,6 +206,20 @@ class OtlpReceiver:
                 payload = b""  # an empty Export*ServiceResponse: everything accepted
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                url = urlsplit(self.path)
+                if url.path not in receiver.queries:
+                    self.send_error(404)
+                    return
+                params = {key: values[-1] for key, values in parse_qs(url.query).items()}
+                status, body = receiver.queries[url.path](params)
+                payload = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
