@@ -20,7 +20,7 @@ from opentelemetry import context, trace
 from .config import Settings
 from .drift_signals import Signals, signals
 from .metrics import TELEMETRY_ERRORS, ServiceMetrics
-from .tracing import StepTimer, record_inference, request_context
+from .tracing import StepTimer, record_inference
 
 EVENTS_LOGGER = "newsgroups_classifier.predictions"
 ERRORS_LOGGER = "newsgroups_classifier.telemetry"
@@ -31,7 +31,7 @@ T = TypeVar("T")
 
 class Item(Protocol):
     text: str
-    traceparent: str  # of the request the text came in
+    trace_context: context.Context  # of the request the text came in
 
 
 class Predicted(Protocol):
@@ -61,10 +61,11 @@ class Request:
 
 
 def requests_of(items: Sequence[Item]) -> list[Request]:
-    """Consecutive items with the same traceparent came from one request (a batch keeps their order)."""
+    """Consecutive items with the same trace context came from one request (a batch keeps their order)."""
     return [
-        Request(request_context(traceparent), list(indices))
-        for traceparent, indices in groupby(range(len(items)), key=lambda i: items[i].traceparent)
+        Request(items[indices[0]].trace_context, indices)
+        for _, group in groupby(range(len(items)), key=lambda i: id(items[i].trace_context))
+        if (indices := list(group))
     ]
 
 

@@ -61,21 +61,6 @@ def set_status_code(span: trace.Span, status: int) -> None:
         span.set_status(Status(StatusCode.ERROR))
 
 
-def request_context(traceparent: str = "") -> context.Context:
-    """The trace context of a request: from its `traceparent` when the text came through an adaptive
-    batch (which mixes the texts of many requests), else the current one (the server span)."""
-    if traceparent:
-        return PROPAGATOR.extract({"traceparent": traceparent})
-    return context.get_current()
-
-
-def current_traceparent() -> str:
-    """The current span context as a W3C traceparent (empty when there is none)."""
-    carrier: dict[str, str] = {}
-    PROPAGATOR.inject(carrier)
-    return carrier.get("traceparent", "")
-
-
 @dataclass
 class StepTimer:
     """The steps of one model call, timed as they run, each from where the previous one ended; spans are
