@@ -87,6 +87,11 @@ class StepTimer:
         return (self.end_ns - self.start_ns) / 1e9
 
 
+def sampled(parent: context.Context) -> bool:
+    """Whether the request of this context is traced (sampling is parent-based)."""
+    return trace.get_current_span(parent).get_span_context().trace_flags.sampled
+
+
 def record_inference(
     tracer: trace.Tracer, parent: context.Context, timer: StepTimer, attributes: dict
 ) -> trace.Span | None:
@@ -96,7 +101,7 @@ def record_inference(
 
     None below an unsampled parent: sampling is parent-based.
     """
-    if not trace.get_current_span(parent).get_span_context().trace_flags.sampled:
+    if not sampled(parent):
         return None
     steps = {f"inference.{name}.duration_ms": (end - start) / 1e6 for name, start, end, _ in timer.steps}
     inference = tracer.start_span(
