@@ -17,8 +17,10 @@ SHUTDOWN_FLUSH_SECONDS = 5.0
 
 class Settings(BaseSettings):
     # An empty variable counts as unset; a bad value stops the service at start, naming the variable.
+    # Other variables are the OpenTelemetry SDK's and BentoML's, also when given as arguments (the
+    # ConfigMap's whole environment, as tools read it).
     model_config = SettingsConfigDict(
-        frozen=True, env_ignore_empty=True, alias_generator=str.upper, validate_by_name=True
+        frozen=True, env_ignore_empty=True, alias_generator=str.upper, validate_by_name=True, extra="ignore"
     )
 
     model_tag: str = f"{MODEL_NAME}:latest"
