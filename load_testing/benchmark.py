@@ -70,27 +70,28 @@ class Server:
     overrides of BentoML's configuration), ours at BASELINE_REVISION, or a FastAPI app."""
 
     kind: str  # "ours", "baseline" or "fastapi"
-    sample_rate: float = 1.0
+    sample_rate: float | None = None  # the share of requests traced; None: as shipped
     env: dict = field(default_factory=dict)
     bentoml: dict = field(default_factory=dict)
 
 
+SHIPPED_SAMPLING = float(shipped_service_env()["OTEL_TRACES_SAMPLER_ARG"])
 # Telemetry off: no spans, request or ML metrics, or events (BentoML's own are off as shipped).
 OFF = Server("ours", 0.0, {"TELEMETRY": "off"})
 SERVERS = {
     "fastapi": Server("fastapi", 0.0),
-    "peer": Server("fastapi", 1.0, {"PEER_TELEMETRY": "on"}),
-    "baseline": Server("baseline"),
+    "peer": Server("fastapi", SHIPPED_SAMPLING, {"PEER_TELEMETRY": "on"}),  # traces as many requests
+    "baseline": Server("baseline", 1.0),  # as it shipped then
     "off": OFF,
     "off-again": OFF,  # the A/A control
     "full": Server("ours"),
-    "tenth": Server("ours", 0.1),
+    "all-traced": Server("ours", 1.0),
     "no-traces": Server("ours", 0.0),
     "unbatched": Server("ours", env={"ADAPTIVE_BATCHING": "off"}),
     "access-log": Server("ours", bentoml={"services": {"logging": {"access": {"enabled": True}}}}),
     "two-workers": Server("ours", env={"WORKERS": "2"}),
 }
-TRACED = [name for name, server in SERVERS.items() if server.sample_rate > 0]
+TRACED = [name for name, server in SERVERS.items() if server.sample_rate is None or server.sample_rate > 0]
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ TARGETS = [
     Target("ours, as shipped (full telemetry)", "full", SINGLE),
     Target("ours, as shipped, /predict_batch with one text per request", "full", BATCHED),
     Target(f"ours at {BASELINE_REVISION}, as shipped then", "baseline", SINGLE),
-    Target("ours, 10% sampling", "tenth", SINGLE),
+    Target("ours, every request traced", "all-traced", SINGLE),
     Target("ours, metrics and logs, no traces", "no-traces", SINGLE),
     Target("ours, no adaptive batching (ADAPTIVE_BATCHING=off)", "unbatched", SINGLE),
     Target("ours, BentoML's access log on", "access-log", SINGLE),
@@ -129,12 +130,12 @@ RATIOS = {
     "ours / FastAPI without telemetry": (("full", SINGLE), ("fastapi", SINGLE)),
     "peer / FastAPI without telemetry": (("peer", SINGLE), ("fastapi", SINGLE)),
     FULL_OFF: (("full", SINGLE), ("off", SINGLE)),
-    "10% sampling / telemetry off": (("tenth", SINGLE), ("off", SINGLE)),
+    "every request traced / telemetry off": (("all-traced", SINGLE), ("off", SINGLE)),
     "metrics and logs, no traces / telemetry off": (("no-traces", SINGLE), ("off", SINGLE)),
     "lever: /predict batched / not batched": (("full", SINGLE), ("unbatched", SINGLE)),
     "lever: BentoML's access log on / off": (("access-log", SINGLE), ("full", SINGLE)),
     "lever: 2 workers / 1": (("two-workers", SINGLE), ("full", SINGLE)),
-    "lever: 10% / full sampling": (("tenth", SINGLE), ("full", SINGLE)),
+    "lever: shipped sampling / every request traced": (("full", SINGLE), ("all-traced", SINGLE)),
 }
 
 

@@ -59,7 +59,7 @@ def bad_inputs() -> dict[str, BadInput]:
         "body over the limit": BadInput("/predict", b"a" * (LIMITS.max_body_bytes + 1), "text/plain", 413),
         "batch over the limit": BadInput("/predict_batch", too_many, json_type, 413),
         "forged prediction id": BadInput(
-            "/feedback", b'{"prediction_id": "Zm9yZ2Vk.bm90LXNpZ25lZA", "label": "rec.autos"}', json_type, 400
+            "/feedback", b'{"prediction_id": "Zm9yZ2Vk.bm90LXNpZ25lZA", "label": "rec.autos"}', json_type, 404
         ),
     }
 

@@ -1,7 +1,7 @@
 """`make loadtest`: Locust, headless and bounded, with CSV and HTML reports under reports/.
 
 Against --host (or LOADTEST_HOST) when given; otherwise it trains a model if none is stored, starts
-the service locally with the shipped configuration (traces at 100% to a real OTLP receiver started
+the service locally with the shipped configuration (its sampled traces to a real OTLP receiver started
 here), runs Locust against it, and also checks the worker's peak memory. Exits non-zero when a
 threshold fails. Other arguments go to Locust, e.g. `--users 50 --run-time 2m --max-p95-ms 300`.
 """
@@ -38,7 +38,7 @@ def against_local_service(extra: list[str], max_worker_mib: float) -> int:
     workdir = REPORTS / "loadtest-service"  # its BentoML home and log, kept until the next run
     shutil.rmtree(workdir, ignore_errors=True)
     receiver = OtlpReceiver().start()
-    server = start_server(models_home(), workdir, receiver.grpc_endpoint, "grpc", 1.0)
+    server = start_server(models_home(), workdir, receiver.grpc_endpoint, "grpc")  # sampling as shipped
     try:
         print(
             f"service on {server.url} (log: {server.log_path}), traces to {receiver.grpc_endpoint}",

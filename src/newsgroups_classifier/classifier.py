@@ -14,7 +14,8 @@ from pathlib import Path
 
 import bentoml
 import numpy as np
-from pydantic import BaseModel, model_validator
+from opentelemetry import context
+from pydantic import BaseModel, PrivateAttr, model_validator
 
 from . import compat
 from .config import SHUTDOWN_FLUSH_SECONDS, Settings
@@ -31,12 +32,17 @@ feedback_log = logging.getLogger(FEEDBACK_LOGGER)
 
 
 class BatchText(BaseModel):
-    """One text of /predict_batch: clients send a plain string. The guard adds the request's
-    traceparent, since one adaptive batch mixes the texts of many requests and each belongs to its own
-    trace; the API schema shows a string."""
+    """One text as the API methods get it: clients send a plain string. It keeps the trace context of the
+    request it came in (the request's server span is current while BentoML parses its body), since one
+    adaptive batch mixes the texts of many requests and each belongs to its own trace; the API schema
+    shows a string."""
 
     text: str
-    traceparent: str = ""
+    _trace_context: context.Context = PrivateAttr(default_factory=context.get_current)
+
+    @property
+    def trace_context(self) -> context.Context:
+        return self._trace_context
 
     @model_validator(mode="before")
     @classmethod

@@ -23,7 +23,9 @@ FROM_ENVIRONMENT = SettingsConfigDict(
 
 
 class Settings(BaseSettings):
-    model_config = FROM_ENVIRONMENT
+    # Other variables are the OpenTelemetry SDK's and BentoML's, also when given as arguments (the
+    # ConfigMap's whole environment, as tools read it).
+    model_config = SettingsConfigDict(**FROM_ENVIRONMENT, extra="ignore")
 
     model_tag: str = f"{MODEL_NAME}:latest"
     workers: PositiveInt = 1

@@ -2,16 +2,13 @@
 
 Each check turns an accepted body into the canonical JSON BentoML's API method reads, or raises a
 Rejection with the status and reason the client gets. /predict also takes raw text bodies (`curl
---data "..."` sends them as form-urlencoded). Texts get the request's traceparent: an adaptive batch
-mixes the texts of many requests, and each belongs to its own trace.
+--data "..."` sends them as form-urlencoded).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-
-from .tracing import current_traceparent
 
 RAW_TEXT_TYPES = ("text/plain", "application/x-www-form-urlencoded", "")
 JSON_TYPE = "application/json"
@@ -68,10 +65,10 @@ def _string(value: object, where: str) -> str:
     return value
 
 
-def _text(value: object, where: str) -> dict:
+def _text(value: object, where: str) -> str:
     if not _string(value, where).strip():
         raise Rejection(400, "empty_text", f"{where} is empty or only whitespace")
-    return {"text": value, "traceparent": current_traceparent()}  # the request's server span is current
+    return value
 
 
 def _json_object(body: bytes, content_type: str, fields: tuple[str, ...]) -> dict:

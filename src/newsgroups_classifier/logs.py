@@ -40,11 +40,12 @@ CLIENT_QUOTING_LOGGERS = ("opentelemetry.trace", "opentelemetry.baggage")
 
 
 class TraceIdFilter(logging.Filter):
-    """Stamps each record with the current span's trace and span ids (32 and 16 hex digits)."""
+    """Stamps each record with the current span's trace and span ids (32 and 16 hex digits) if the trace
+    is sampled: only a sampled trace is exported, so a trace id in a line always leads to its trace."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         span_context = trace.get_current_span().get_span_context()
-        if span_context.is_valid:
+        if span_context.is_valid and span_context.trace_flags.sampled:
             record.trace_id = format(span_context.trace_id, "032x")
             record.span_id = format(span_context.span_id, "016x")
         return True

@@ -172,7 +172,7 @@ class ServiceMetrics:
         )
         self.inference_seconds = Histogram(
             f"{PREFIX}_inference_duration_seconds",
-            "Time spent in the model call that served the request",
+            "Time a model call took (one serves every request of an adaptive batch)",
             ["endpoint", *labels],
             buckets=INFERENCE_BUCKETS,
         )
@@ -251,11 +251,10 @@ class ServiceMetrics:
             for value in signals.value(signal).tolist():
                 histogram.observe(value)
 
-    def observe_model_call(self, endpoint: str, texts: int, requests: int, seconds: float) -> None:
-        """One model call: its batch size, and its time for each request it served."""
+    def observe_model_call(self, endpoint: str, texts: int, seconds: float) -> None:
+        """One model call: its batch size and its time."""
         self._batch_size[endpoint].observe(texts)
-        for _ in range(requests):  # each request waited for the whole model call
-            self._inference[endpoint].observe(seconds)
+        self._inference[endpoint].observe(seconds)
 
     def observe_feedback(self, model_version: str, predicted: str, true_label: str) -> None:
         self.feedback.labels(model_version, predicted, true_label).inc()

@@ -20,7 +20,7 @@ from opentelemetry import context, trace
 from .config import Settings
 from .drift_signals import Signals, signals
 from .metrics import TELEMETRY_ERRORS, ServiceMetrics
-from .tracing import StepTimer, record_inference, request_context
+from .tracing import StepTimer, record_inference, sampled
 
 EVENTS_LOGGER = "newsgroups_classifier.predictions"
 ERRORS_LOGGER = "newsgroups_classifier.telemetry"
@@ -31,7 +31,7 @@ T = TypeVar("T")
 
 class Item(Protocol):
     text: str
-    traceparent: str  # of the request the text came in
+    trace_context: context.Context  # of the request the text came in
 
 
 class Predicted(Protocol):
@@ -61,10 +61,11 @@ class Request:
 
 
 def requests_of(items: Sequence[Item]) -> list[Request]:
-    """Consecutive items with the same traceparent came from one request (a batch keeps their order)."""
+    """Consecutive items with the same trace context came from one request (a batch keeps their order)."""
     return [
-        Request(request_context(traceparent), list(indices))
-        for traceparent, indices in groupby(range(len(items)), key=lambda i: items[i].traceparent)
+        Request(items[indices[0]].trace_context, indices)
+        for _, group in groupby(range(len(items)), key=lambda i: id(items[i].trace_context))
+        if (indices := list(group))
     ]
 
 
@@ -85,10 +86,9 @@ class PredictionTelemetry:
         self.model_attributes = {"model.name": model_name, "model.version": metrics.version}
 
     def predicted(self, endpoint: str, call: ModelCall) -> None:
-        requests = requests_of(call.items)
-        observed = self._guarded("metrics", self._observe, endpoint, len(requests), call)
-        for request in requests:
-            span = self._guarded("spans", self._spans, call, request)
+        observed = self._guarded("metrics", self._observe, endpoint, call)
+        for request in requests_of(call.items):
+            span = self._guarded("spans", self._spans, call, request) if sampled(request.context) else None
             self._guarded("events", self._log_events, endpoint, call, request, span, observed)
 
     def failed(self, items: Sequence[Item], timer: StepTimer) -> None:
@@ -110,18 +110,18 @@ class PredictionTelemetry:
             attributes["prediction.confidence"] = prediction.confidence
         return record_inference(self.tracer, request.context, call.timer, attributes)
 
-    def _observe(self, endpoint: str, request_count: int, call: ModelCall) -> Signals:
+    def _observe(self, endpoint: str, call: ModelCall) -> Signals:
         observed = signals([len(tokens) for tokens in call.tokens], call.known, call.probabilities)
         self.metrics.observe_predictions([p.label for p in call.predictions], observed)
-        self.metrics.observe_model_call(endpoint, len(call.items), request_count, call.timer.seconds)
+        self.metrics.observe_model_call(endpoint, len(call.items), call.timer.seconds)
         return observed
 
     def _log_events(
         self, endpoint: str, call: ModelCall, request: Request, span: trace.Span | None, observed: Signals
     ) -> None:
-        """One `prediction` event per prediction of `request`, logged in its `inference` span."""
-        in_span = trace.set_span_in_context(span, request.context) if span else request.context
-        token = context.attach(in_span)
+        """One `prediction` event per prediction of `request`, logged in its `inference` span if it was
+        traced (the lines of an untraced request carry no trace id: nothing to attach)."""
+        token = context.attach(trace.set_span_in_context(span, request.context)) if span else None
         try:
             for i in request.indices:
                 prediction, text = call.predictions[i], call.items[i].text
@@ -140,7 +140,8 @@ class PredictionTelemetry:
                 }
                 events.info("prediction", extra={"fields": fields})
         finally:
-            context.detach(token)
+            if token is not None:
+                context.detach(token)
 
     def _guarded(self, stage: str, record: Callable[..., T], *args) -> T | None:
         try:

@@ -31,8 +31,11 @@ SERVICE_NAME = "newsgroups-classifier"
 JSON = "application/json"
 # First, in `bentoml serve` and in each worker (both import this module before logging anything):
 # every line printed from here on is JSON, and only the log writer's thread ever waits on stdout.
+# uvicorn logs a warning for each request its HTTP parser refuses: at most one a minute.
 log_writer = take_over_process_output(
-    compat.bentoml_home() / "stdout.lock", durable_loggers=[FEEDBACK_LOGGER], rate_limited=[ERRORS_LOGGER]
+    compat.bentoml_home() / "stdout.lock",
+    durable_loggers=[FEEDBACK_LOGGER],
+    rate_limited=[ERRORS_LOGGER, "uvicorn.error"],
 )
 settings = Settings()
 

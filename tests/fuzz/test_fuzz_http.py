@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from newsgroups_classifier import http_edge, metrics
 from newsgroups_classifier.local_config import shipped_service_env
-from support.fuzzing import MARKER, SEED, assert_still_well, examples, snapshot
+from support.fuzzing import MARKER, SEED, assert_still_well, counted_4xx, examples, snapshot
 from support.raw_http import exchange, request_bytes
-from support.service_process import scrape, start_server, value
+from support.service_process import start_server
 
 SHIPPED = shipped_service_env()
 LIMIT = int(SHIPPED["MAX_BODY_BYTES"])
@@ -171,17 +171,6 @@ def requests_(draw) -> tuple[bytes, bytes, bool]:
 
 
 # --- the tests ----------------------------------------------------------------------------------------
-
-
-def counted_4xx(url: str) -> tuple[float, float]:
-    """4xx answers the service counted, and the rejections it counted."""
-    samples = scrape(url)
-    answered = sum(
-        count
-        for (name, labels), count in samples.items()
-        if name == "newsgroups_http_requests_total" and dict(labels)["code"].startswith("4")
-    )
-    return answered, value(samples, "newsgroups_rejected_requests_total")
 
 
 def test_any_request_gets_its_answer_or_a_json_4xx_in_time(fuzzed):

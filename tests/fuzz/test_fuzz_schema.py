@@ -17,23 +17,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from support.fuzzing import SEED, assert_still_well, examples, snapshot
+from support.fuzzing import SEED, assert_still_well, counted_4xx, examples, snapshot
 from support.paths import REPO
-from support.service_process import scrape, value
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 CASES_PER_OPERATION = examples(100)
-
-
-def counted_4xx(url: str) -> tuple[float, float]:
-    """4xx answers the service counted, and the rejections it counted (each 4xx is one, with its reason)."""
-    samples = scrape(url)
-    answered = sum(
-        count
-        for (name, labels), count in samples.items()
-        if name == "newsgroups_http_requests_total" and dict(labels)["code"].startswith("4")
-    )
-    return answered, value(samples, "newsgroups_rejected_requests_total")
 
 
 def sent_texts(entries: list[dict]) -> list[str]:

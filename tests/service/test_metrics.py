@@ -84,7 +84,7 @@ def test_counts_move_by_exactly_the_requests_made_with_two_workers(service):
     assert value(after, name) - value(before, name) == 35
     confidence = "newsgroups_prediction_confidence_count"
     assert value(after, confidence) - value(before, confidence) == 35
-    inference = "newsgroups_inference_duration_seconds_count"  # one per request, batched or not
+    inference = "newsgroups_inference_duration_seconds_count"  # one per model call: here one per request
     for endpoint, count in (("predict", 30), ("predict_batch", 1)):
         moved = value(after, inference, endpoint=endpoint) - value(before, inference, endpoint=endpoint)
         assert moved == count, endpoint

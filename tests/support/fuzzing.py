@@ -17,7 +17,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from newsgroups_classifier import http_edge, metrics
-from support.service_process import Server
+from support.service_process import Server, scrape, value
 
 DEFAULT_SECONDS = 70.0  # measured: the generated cases of a default run, servers not counted
 FUZZ_SECONDS = float(os.environ.get("FUZZ_SECONDS", DEFAULT_SECONDS))
@@ -104,3 +104,14 @@ def _is_json_object(line: str) -> bool:
         return isinstance(json.loads(line), dict)
     except ValueError:
         return False
+
+
+def counted_4xx(url: str) -> tuple[float, float]:
+    """4xx answers the service counted, and the rejections it counted (each 4xx is one, with its reason)."""
+    samples = scrape(url)
+    answered = sum(
+        count
+        for (name, labels), count in samples.items()
+        if name == "newsgroups_http_requests_total" and dict(labels)["code"].startswith("4")
+    )
+    return answered, value(samples, "newsgroups_rejected_requests_total")

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 
 from newsgroups_classifier.config import Settings
 from newsgroups_classifier.prediction_telemetry import ModelCall, PredictionTelemetry
-from newsgroups_classifier.tracing import StepTimer, record_inference, request_context
+from newsgroups_classifier.tracing import PROPAGATOR, StepTimer, record_inference
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
@@ -29,7 +29,7 @@ def exported():
 
 
 def request(parent_span_id: str = "00f067aa0ba902b7", flags: str = "01") -> context.Context:
-    return request_context(f"00-{TRACE_ID}-{parent_span_id}-{flags}")
+    return PROPAGATOR.extract({"traceparent": f"00-{TRACE_ID}-{parent_span_id}-{flags}"})
 
 
 def test_one_span_below_the_request_says_how_long_each_step_took(exported):
@@ -81,8 +81,8 @@ class Prediction:
 
 
 class Item:
-    def __init__(self, text: str, traceparent: str = ""):
-        self.text, self.traceparent = text, traceparent
+    def __init__(self, text: str, trace_context: context.Context):
+        self.text, self.trace_context = text, trace_context
 
 
 class BrokenMetrics:
@@ -96,9 +96,9 @@ def call() -> ModelCall:
     timer = StepTimer()
     with timer.step("predict"):
         pass
-    traceparent = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+    parent = request()
     return ModelCall(
-        items=[Item("a goalie", traceparent), Item("an engine", traceparent)],
+        items=[Item("a goalie", parent), Item("an engine", parent)],
         tokens=[["goalie"], ["engine"]],
         known=np.array([1, 1]),
         probabilities=np.array([[0.9, 0.1], [0.2, 0.8]]),
@@ -121,3 +121,18 @@ def test_a_failing_stage_is_counted_and_the_others_still_record(exported, monkey
     assert (errors("metrics"), errors("spans")) == (before[0] + 1, before[1])
     assert [span.name for span in exporter.get_finished_spans()] == ["inference"]
     assert any("could not record a prediction's metrics" in r.getMessage() for r in caplog.records)
+
+
+def test_the_texts_of_a_batch_are_grouped_by_the_request_they_came_in():
+    from newsgroups_classifier.classifier import BatchText
+    from newsgroups_classifier.prediction_telemetry import requests_of
+
+    first = [BatchText.model_validate(text) for text in ("a", "b")]  # parsed in one request's context
+    token = context.attach(request(parent_span_id="00000000000000aa"))
+    try:
+        second = [BatchText.model_validate("c")]
+    finally:
+        context.detach(token)
+    grouped = requests_of([*first, *second])
+    assert [request.indices for request in grouped] == [[0, 1], [2]]
+    assert grouped[1].context is second[0].trace_context

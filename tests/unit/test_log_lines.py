@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from prometheus_client import REGISTRY
 
 from newsgroups_classifier import logs
@@ -46,6 +47,15 @@ def test_an_event_carries_its_fields_and_the_current_trace_ids():
     assert line["event"] == "prediction" and "message" not in line
     assert line["label"] == "rec.autos" and line["confidence"] == 0.5
     assert line["trace_id"] == format(ids.trace_id, "032x") and line["span_id"] == format(ids.span_id, "016x")
+
+
+def test_a_line_in_an_unsampled_trace_has_no_trace_id():
+    # Only sampled traces are exported: a trace id in a line must lead to a trace.
+    unsampled = TracerProvider(sampler=ALWAYS_OFF).get_tracer("test")
+    with unsampled.start_as_current_span("request") as span:
+        assert span.get_span_context().is_valid
+        line = formatted(record("prediction", fields={"label": "rec.autos"}))
+    assert "trace_id" not in line and "span_id" not in line
 
 
 def test_an_exception_is_part_of_the_line():
