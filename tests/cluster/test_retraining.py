@@ -19,6 +19,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ import pytest
 
 from newsgroups_classifier.config import RetrainingSettings, TriggerSettings
 from newsgroups_classifier.data import load_split
+from newsgroups_classifier.retraining import MODEL_TAG_ANNOTATION
 from support import feedback_scenarios
 from support.cluster_node import INSIDE
 from support.cluster_service import DEPLOYMENT, NAMESPACE, SERVICE, pods, ready_pods
@@ -218,6 +220,106 @@ def loop(deployed, observability):
 @pytest.fixture(scope="module")
 def test_split(data_home):
     return load_split("test", data_home=data_home)
+
+
+def test_a_drift_alert_retrains_gates_and_rolls_out_the_new_model_without_a_failed_request(
+    loop, observability, test_split, tmp_path
+):
+    cluster = loop.cluster
+    start_from_nothing(cluster)
+    before_tag = serving_tag(cluster)
+    before_version = before_tag.split(":")[1]
+    published_before = runs(cluster, "published")
+    assert model_panel(cluster) == [before_version]
+
+    # Skewed traffic (70% hockey) with a true label for every prediction.
+    items = feedback_scenarios.skewed_true(test_split)
+    sent_at = time.time()
+    send_labelled(cluster, items, tmp_path)
+
+    # The drift alert -> Alertmanager's model route -> the trigger -> a Job, annotated with the alert.
+    job = poll_until(
+        lambda: next(
+            (
+                j
+                for j in jobs(cluster)
+                if j["metadata"]["annotations"].get("newsgroups-classifier/triggered-by")
+            ),
+            None,
+        ),
+        timeout=600,
+        interval=2,
+        what="the trigger to start a retraining Job for the drift alert",
+    )
+    name = job["metadata"]["name"]
+    (decision,) = [d for d in trigger_decisions(cluster) if d.get("job") == name]
+    assert decision["decision"] == "started" and decision["status"] == "firing"
+    assert DRIFT_ALERT in decision["alertnames"]
+    # The same notification reached the model route's other receiver, the owners' webhook (the stand-in).
+    posted = [n["body"] for n in observability.notifications() if n["body"]["receiver"] == "model"]
+    fingerprints = {
+        a["fingerprint"] for body in posted for a in body["alerts"] if a["labels"]["alertname"] == DRIFT_ALERT
+    }
+    assert set(decision["fingerprints"]) <= fingerprints, (decision, fingerprints)
+    alert_to_job = time.time() - sent_at
+
+    # The Job: export, train, gate, publish, point MODEL_TAG at the candidate, annotate the pod template.
+    traffic = Traffic.start(cluster)
+    try:
+        job, condition = wait_finished(cluster, name)
+        assert condition["type"] == "Complete", f"{condition}\n{job_log(cluster, name)}"
+        events = job_events(cluster, name)
+        outcome = events["retraining_finished"]
+        assert outcome["outcome"] == "published" and outcome["feedback"]["labelled"] == len(items), outcome
+        new_tag = outcome["candidate_tag"]
+        new_version = new_tag.split(":")[1]
+        assert serving_tag(cluster) == new_tag != before_tag
+        template = kubectl_json(cluster, "get", DEPLOYMENT)["spec"]["template"]
+        assert template["metadata"]["annotations"][MODEL_TAG_ANNOTATION] == new_tag
+
+        # The rollout: every pod replaced, each serving the new version.
+        rollout_started = time.time()
+        old_pods = {p["metadata"]["name"] for p in pods(cluster)}
+        poll_until(
+            lambda: rolled_out_to(cluster, new_version, old_pods), timeout=600, interval=2, what="the rollout"
+        )
+        rollout_seconds = time.time() - rollout_started
+    finally:
+        result = traffic.stop()
+    assert result["failed"] == [], result
+    assert result["model_versions"] == [before_version, new_version], result
+
+    # Prometheus: the model panel shows the switch, and the trigger counted the run.
+    poll_until(lambda: model_panel(cluster) == [new_version], timeout=180, interval=5, what="the model panel")
+    poll_until(
+        lambda: runs(cluster, "published") >= published_before + 1, timeout=120, interval=5, what="the run"
+    )
+    new_pod = ready_pods(cluster)[0]["metadata"]["name"]
+    init_log = cluster.kubectl("-n", NAMESPACE, "logs", new_pod, "-c", "fetch-model").stdout
+    assert [json.loads(line)["model_tag"] for line in init_log.splitlines()] == [new_tag]
+
+    job_seconds = (
+        datetime.fromisoformat(job["status"]["completionTime"])
+        - datetime.fromisoformat(job["status"]["startTime"])
+    ).total_seconds()
+    print(
+        f"\nretraining: alert -> Job {alert_to_job:.0f} s after the traffic, Job {job_seconds:.0f} s, "
+        f"rollout {rollout_seconds:.0f} s, {result['ok']} requests during it, 0 failed; "
+        f"gate {json.dumps(outcome['gate'])}"
+    )
+
+    # Back: one command serves the previous version, again without a failed request.
+    traffic = Traffic.start(cluster)
+    try:
+        old_pods = {p["metadata"]["name"] for p in pods(cluster)}
+        make_in_node(cluster, "rollback", f"MODEL_VERSION={before_version}")
+        poll_until(
+            lambda: rolled_out_to(cluster, before_version, old_pods), timeout=600, interval=2, what="rollback"
+        )
+    finally:
+        result = traffic.stop()
+    assert result["failed"] == [] and result["model_versions"] == [new_version, before_version], result
+    assert serving_tag(cluster) == before_tag
 
 
 def test_shuffled_feedback_is_refused_by_the_gate_and_nothing_rolls_out(
