@@ -31,6 +31,7 @@ from support.dashboards import (
     grafana_variables,
     provisioned,
 )
+from support.load_driver import traceparent
 from support.loki_contract import select
 from support.paths import REPO
 from support.processes import poll_until
@@ -38,10 +39,6 @@ from support.processes import poll_until
 # Series that exist only in a cluster: the kubelet's cAdvisor.
 CLUSTER_ONLY_METRICS = ("container_cpu_usage_seconds_total", "container_memory_working_set_bytes")
 PREDICTIONS_LOGGER = "newsgroups_classifier.predictions"
-
-
-def traceparent(trace_id: str) -> dict[str, str]:
-    return {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
 
 
 def promql(stack, query: str) -> list[dict]:
