@@ -131,6 +131,11 @@ CHART_prometheus := $(PROMETHEUS_COMMUNITY_REPO_NAME)/prometheus --version $(PRO
 CHART_opentelemetry-collector := $(OPEN_TELEMETRY_REPO_NAME)/opentelemetry-collector \
 	--version $(OPENTELEMETRY_COLLECTOR_CHART_VERSION)
 CHART_grafana := $(GRAFANA_COMMUNITY_REPO_NAME)/grafana --version $(GRAFANA_CHART_VERSION)
+CHART_metrics-server := $(METRICS_SERVER_REPO_NAME)/metrics-server --version $(METRICS_SERVER_CHART_VERSION)
+# metrics-server serves the resource metrics API the HPA scales on. Most clusters have one already
+# (managed clusters, k3s, minikube's addon): `make cluster-up` installs ours only when nothing serves
+# that API, and upgrades ours (the release in the observability namespace) when it is there.
+METRICS_APISERVICE := v1beta1.metrics.k8s.io
 # With LOG_AGENT=promtail the collector leaves the pods' logs to Promtail: no log files mounted, no logs
 # pipeline (its file_log receiver stays configured, unused), and it runs as the image's user, not root.
 SET_opentelemetry-collector := $(if $(filter promtail,$(LOG_AGENT)),--set presets.logsCollection.enabled=false \
@@ -154,7 +159,7 @@ build: ## Build the Bento (model included) and containerize it as IMAGE (default
 	$(BENTOML) build
 	$(BENTOML) containerize newsgroups-classifier:latest -t $(IMAGE) $(CONTAINERIZE_OPTS)
 
-cluster-up: ## Namespaces, secrets, dashboards and every chart of the observability stack (LOG_AGENT=promtail: Promtail ships the logs)
+cluster-up: ## Namespaces, secrets, dashboards, metrics-server (unless the cluster has one) and every chart of the observability stack (LOG_AGENT=promtail: Promtail ships the logs)
 	$(KUBECTL) apply -f manifests/00-namespace.yaml
 	$(KUBECTL) create namespace $(OBSERVABILITY_NAMESPACE) --dry-run=client -o yaml | $(KUBECTL) apply -f -
 	$(call ensure_secret,$(OBSERVABILITY_NAMESPACE),minio-credentials,--from-literal=rootUser=minio-admin --from-literal=rootPassword=$(RANDOM_SECRET))
@@ -165,9 +170,14 @@ cluster-up: ## Namespaces, secrets, dashboards and every chart of the observabil
 	$(HELM) repo add --force-update $(PROMETHEUS_COMMUNITY_REPO_NAME) $(PROMETHEUS_COMMUNITY_REPO_URL)
 	$(HELM) repo add --force-update $(MINIO_REPO_NAME) $(MINIO_REPO_URL)
 	$(HELM) repo add --force-update $(OPEN_TELEMETRY_REPO_NAME) $(OPEN_TELEMETRY_REPO_URL)
+	$(HELM) repo add --force-update $(METRICS_SERVER_REPO_NAME) $(METRICS_SERVER_REPO_URL)
 	$(HELM) repo update $(GRAFANA_COMMUNITY_REPO_NAME) $(GRAFANA_REPO_NAME) $(PROMETHEUS_COMMUNITY_REPO_NAME) \
-		$(MINIO_REPO_NAME) $(OPEN_TELEMETRY_REPO_NAME)
+		$(MINIO_REPO_NAME) $(OPEN_TELEMETRY_REPO_NAME) $(METRICS_SERVER_REPO_NAME)
 	$(MAKE) --no-print-directory dashboards
+	if $(HELM) status metrics-server --namespace $(OBSERVABILITY_NAMESPACE) >/dev/null 2>&1 \
+		|| ! $(KUBECTL) get apiservice $(METRICS_APISERVICE) >/dev/null 2>&1; then \
+		$(call install,metrics-server) ; \
+	else echo "$(METRICS_APISERVICE) is served by another component: metrics-server not installed"; fi
 	$(foreach release,$(RELEASES),$(call install,$(release)) && ) true
 	@echo "Grafana: make port-forward, then http://localhost:$(GRAFANA_PORT) as admin; the password:"
 	@echo "  $(KUBECTL) -n $(OBSERVABILITY_NAMESPACE) get secret grafana-admin -o jsonpath='{.data.admin-password}' | base64 -d"
@@ -188,10 +198,11 @@ port-forward: ## Grafana on localhost:3001, Prometheus on :9090, the service on 
 	$(KUBECTL) -n $(SERVICE_NAMESPACE) port-forward svc/newsgroups-classifier $(PORT):3000 & \
 	wait
 
-# Promtail is uninstalled too, whichever LOG_AGENT the cluster was brought up with.
+# Promtail is uninstalled too, whichever LOG_AGENT the cluster was brought up with, and metrics-server if
+# `make cluster-up` installed it (a metrics-server of the cluster's own lives elsewhere and stays).
 cluster-down: ## Remove the service, every release, their volumes and both namespaces
 	-$(KUBECTL) delete -f manifests/ --ignore-not-found
-	-$(HELM) uninstall --namespace $(OBSERVABILITY_NAMESPACE) --ignore-not-found $(sort $(RELEASES) promtail)
+	-$(HELM) uninstall --namespace $(OBSERVABILITY_NAMESPACE) --ignore-not-found $(sort $(RELEASES) promtail metrics-server)
 	-$(KUBECTL) delete namespace $(OBSERVABILITY_NAMESPACE) --ignore-not-found
 
 deploy-tools: ## Build the pinned tools `make validate` needs (kube-score, Pod Security checker, helm, LogQL checker, Sloth) and package the metrics-server chart, cached

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from support.paths import REPO
 from support.processes import GiveUp, poll_until, tail
 
 HERE = Path(__file__).parent
-# One test-only values overlay per release that runs here (image names, pull policy, storage).
+# One test-only values overlay per release that runs here (image names, pull policy, storage), and the
+# HPA's test-only patch (hpa.yaml).
 OVERLAYS = HERE / "overlays"
 STAND_INS = HERE / "stand-ins.yaml"
 
@@ -123,9 +125,10 @@ def images_of(objects: list[dict]) -> set[str]:
 
 @pytest.fixture(scope="session")
 def observability(cluster, helm, tmp_path_factory) -> Iterator[Observability]:
-    """What `make cluster-up` installs that can run here, in its order, from its chart renderings and our
-    values (plus each release's overlay): Prometheus and the collector DaemonSet. Loki's and Tempo's
-    addresses are the test suite's OTLP receivers, Prometheus' claim is bound to a directory of the node
+    """What `make cluster-up` installs that can run here, from its chart renderings and our values (plus
+    each release's overlay): metrics-server, Prometheus and the collector DaemonSet, installed side by side
+    (`make cluster-up` installs one after the other; none waits for another). Loki's and Tempo's addresses
+    are the test suite's OTLP receivers, Prometheus' claim is bound to a directory of the node
     (stand-ins.yaml). The images are imported first."""
     releases = [r for r in cluster_releases().values() if (OVERLAYS / f"{r.name}.yaml").exists()]
     received = tmp_path_factory.mktemp("observability") / "received"
