@@ -150,11 +150,18 @@ def observability(cluster, helm, tmp_path_factory) -> Iterator[Observability]:
                 archive = received.parent / "image.tar"
                 cluster.import_image(image_archive(image, archive))
                 archive.unlink()
+
+        def install(release) -> None:
             try:
-                cluster.install_release(helm, release, overlay)
+                cluster.install_release(helm, release, OVERLAYS / f"{release.name}.yaml")
             except AssertionError as exc:
                 described = cluster.kubectl("-n", release.namespace, "describe", "pods", check=False).stdout
                 raise AssertionError(f"{exc}\n{described[-6000:]}\n{cluster.logs(20)}") from None
+
+        # The releases do not depend on one another: installed side by side, each waited for (--wait).
+        with ThreadPoolExecutor(len(releases)) as pool:
+            for done in [pool.submit(install, release) for release in releases]:
+                done.result()
         yield Observability(releases, received, receivers)
     finally:
         receivers.terminate()
@@ -199,13 +206,14 @@ def service_image(cluster, models_home, tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def deployed(cluster, observability, service_image) -> Deployed:
     """The manifests applied as docs/deployment.md says (after `make cluster-up`'s stack, the Secret
-    first), rolled out, and scaled by the HPA to its minReplicas, all Ready: where every test starts
-    from."""
+    first), the HPA's test-only overlay (overlays/hpa.yaml) patched in, rolled out, and scaled by the HPA
+    to its minReplicas, all Ready: where every test starts from."""
     kubectl = cluster.kubectl
     kubectl("apply", "-f", REPO / "manifests" / "00-namespace.yaml")
     secret = ["create", "secret", "generic", "newsgroups-classifier-feedback"]
     kubectl("-n", NAMESPACE, *secret, "--from-literal=FEEDBACK_SIGNING_KEY=cluster-test-signing-key")
     applied = kubectl("apply", "-f", REPO / "manifests").stdout
+    kubectl("-n", NAMESPACE, "patch", "hpa", SERVICE, "--type=merge", "--patch-file", OVERLAYS / "hpa.yaml")
     min_replicas = kubectl(
         "-n", NAMESPACE, "get", "hpa", SERVICE, "-o", "jsonpath={.spec.minReplicas}"
     ).stdout

@@ -24,7 +24,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.cluster_node import NODE_NAME
-from support.cluster_service import CONTAINER, NAMESPACE, SERVICE, ready_pods
+from support.cluster_service import CONTAINER, NAMESPACE, SERVICE, at_rest
 from support.dashboards import (
     DATASOURCES,
     dashboard_targets,
@@ -112,7 +112,8 @@ def prediction(deployed, observability) -> Prediction:
     """A prediction with a known traceparent, sent to one pod, then what every dashboard panel needs:
     feedback on it, a prediction of each class, a batch and a bad input."""
     cluster = deployed.cluster
-    (pod, *_) = ready_pods(cluster)
+    # At rest: no pod the HPA added after earlier load, which its scale-in could remove under this test.
+    (pod, *_) = at_rest(cluster)
     pod = Pod(pod["metadata"]["name"], pod["metadata"]["uid"], pod["status"]["podIP"])
     url = f"http://{pod.ip}:3000"
     # The span_metrics connector gives exemplars to the first spans of each series in a flush interval
