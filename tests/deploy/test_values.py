@@ -35,7 +35,10 @@ FREE_FORM = {
             "s3",
         ): "passed through to Tempo's storage config (commented out in values.yaml)",
     },
-    "prometheus": {},
+    "prometheus": {
+        ("serverFiles",): "each key is a file of the server's ConfigMap: our rule files are named as we like",
+        ("alertmanager", "config"): "Alertmanager's own configuration, written as it is to alertmanager.yml",
+    },
     "metrics-server": {},
     "promtail": {},
     "minio": {},
