@@ -1,10 +1,12 @@
 """Clients run inside the cluster's network namespace (`nsenter --net=...`), standard library only.
 
 inside.py dns NAME SERVER          print the A records SERVER (port 53, UDP) gives for NAME
-inside.py traffic URL SECONDS [CLIENTS [RATE]]
+inside.py traffic URL SECONDS [CLIENTS [RATE [BATCH]]]
                                    CLIENTS (default 1) threads POST texts to URL, each back to back, or
-                                   all together at most RATE requests per second, for SECONDS (or until
-                                   SIGTERM), then print {"ok": n, "failed": [...], "model_versions": [...]}
+                                   all together at most RATE requests per second (0: no limit), for
+                                   SECONDS (or until SIGTERM), then print {"ok": n, "failed": [...],
+                                   "model_versions": [...]}; with BATCH, JSON batches of BATCH texts (for
+                                   /predict_batch), else one text per request
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ TEXTS = (
 )
 
 
-def traffic(url: str, seconds: float, clients: int = 1, rate: float | None = None) -> dict:
+def traffic(url: str, seconds: float, clients: int = 1, rate: float = 0, batch: int = 0) -> dict:
     """Predictions from `clients` threads, each on a new connection per request (so a Service spreads
     them over its pods, new ones included); a failure is any error or non-200 answer."""
     stop = threading.Event()
@@ -73,14 +75,20 @@ def traffic(url: str, seconds: float, clients: int = 1, rate: float | None = Non
     def client(first: int) -> None:
         for i in itertools.count(first):
             started = time.monotonic()
-            request = urllib.request.Request(url, data=TEXTS[i % len(TEXTS)].encode())
+            if batch:
+                texts = [TEXTS[(i + n) % len(TEXTS)] for n in range(batch)]
+                data, headers = json.dumps({"texts": texts}).encode(), {"Content-Type": "application/json"}
+            else:
+                data, headers = TEXTS[i % len(TEXTS)].encode(), {}
+            request = urllib.request.Request(url, data=data, headers=headers)
             try:
                 with urllib.request.urlopen(request, timeout=10) as response:
                     body = json.load(response)
                 with lock:
                     result["ok"] += 1
-                    if body["model_version"] not in result["model_versions"]:
-                        result["model_versions"].append(body["model_version"])
+                    for answer in body if batch else [body]:
+                        if answer["model_version"] not in result["model_versions"]:
+                            result["model_versions"].append(answer["model_version"])
             except (OSError, urllib.error.URLError, ValueError) as exc:
                 with lock:
                     result["failed"].append(f"{time.time():.3f} {exc}")
@@ -104,9 +112,8 @@ def main() -> None:
         print("\n".join(dns_a_records(*args)))
     elif command == "traffic":
         url, seconds, *options = args
-        clients = int(options[0]) if options else 1
-        rate = float(options[1]) if len(options) > 1 else None
-        traffic(url, float(seconds), clients, rate)
+        clients, rate, batch = [float(option) for option in options] + [1, 0, 0][len(options) :]
+        traffic(url, float(seconds), int(clients), rate, int(batch))
     else:
         raise SystemExit(__doc__)
 
