@@ -216,7 +216,8 @@ cluster-down: ## Remove the service, every release, their volumes and both names
 SLO_SPEC := helm-config/prometheus/slos.yaml
 PROMETHEUS_VALUES := helm-config/prometheus/values.yaml
 slo-rules: deploy-tools ## Generate the SLO recording and alert rules of helm-config/prometheus/values.yaml from helm-config/prometheus/slos.yaml (Sloth)
-	sloth=$$(bash tests/deploy/tools.sh --print-path sloth) && "$$sloth" validate --no-log --input $(SLO_SPEC) && \
+	set -o pipefail && sloth=$$(bash tests/deploy/tools.sh --print-path sloth) && \
+	"$$sloth" validate --no-log --input $(SLO_SPEC) && \
 	"$$sloth" generate --no-log --input $(SLO_SPEC) | sed -e '/^---$$/d' -e '/./,$$!d' -e 's/^/    /' -e 's/ *$$//' \
 		>$(PROMETHEUS_VALUES).slo
 	awk -v rules=$(PROMETHEUS_VALUES).slo '/^  # BEGIN slo_rules.yml/ { print; print "  # yamllint disable"; \

@@ -165,10 +165,11 @@ def images_of(objects: list[dict]) -> set[str]:
 @pytest.fixture(scope="session")
 def observability(cluster, helm, tmp_path_factory) -> Iterator[Observability]:
     """What `make cluster-up` installs that can run here, from its chart renderings and our values (plus
-    each release's overlay): metrics-server, Prometheus and the collector DaemonSet, installed side by side
-    (`make cluster-up` installs one after the other; none waits for another). Loki's and Tempo's addresses
-    are the test suite's OTLP receivers, Prometheus' claim is bound to a directory of the node
-    (stand-ins.yaml). The images are imported first."""
+    each release's overlay): metrics-server, Prometheus with Alertmanager (and QUICK_RULES' durations) and
+    the collector DaemonSet, installed side by side (`make cluster-up` installs one after the other; none
+    waits for another). Loki's and Tempo's addresses are the test suite's OTLP receivers, the webhook
+    address in the Secret `make cluster-up` makes its webhook receiver, Prometheus' and Alertmanager's
+    claims are bound to directories of the node (stand-ins.yaml). The images are imported first."""
     releases = [r for r in cluster_releases().values() if (OVERLAYS / f"{r.name}.yaml").exists()]
     received = tmp_path_factory.mktemp("observability") / "received"
     receivers = start_stand_ins(cluster, received)
