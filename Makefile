@@ -25,7 +25,7 @@ include helm-config/charts.env
 
 .PHONY: help setup train serve test unit fuzz lint format validate stack-bin e2e loadtest bench bench-tools export-feedback \
 	build cluster-up deploy dashboards port-forward cluster-down clean cluster-bin cluster-packages cluster-images \
-	stack-images cluster-test deploy-tools publish-model models rollback retrain
+	stack-images cluster-test deploy-tools slo-rules publish-model models rollback retrain
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -88,7 +88,7 @@ cluster-images: cluster-packages ## Make the base image `make build` builds on h
 stack-images: stack-bin cluster-bin cluster-packages ## Images of the collector, Prometheus, Alertmanager and metrics-server from `make stack-bin`'s and `make cluster-bin`'s binaries, for the cluster tier (cached)
 	bash tests/cluster/images.sh otelcol prometheus alertmanager metrics-server
 
-cluster-test: cluster-bin cluster-images stack-images deploy-tools ## A real single-node Kubernetes: the collector and Prometheus from our values, `kubectl apply -f manifests/`, the `make build` image served, charts dry-run
+cluster-test: cluster-bin cluster-images stack-images deploy-tools ## A real single-node Kubernetes: metrics-server, the collector, Prometheus and Alertmanager from our values, `kubectl apply -f manifests/`, the `make build` image served, the HPA scaling under load, alerts delivered, charts dry-run
 	$(PY) -m pytest tests/cluster
 
 e2e: stack-bin deploy-tools ## End to end against the real collector and Prometheus (contract tests where Loki and Tempo answer)
@@ -142,6 +142,11 @@ CHART_prometheus := $(PROMETHEUS_COMMUNITY_REPO_NAME)/prometheus --version $(PRO
 CHART_opentelemetry-collector := $(OPEN_TELEMETRY_REPO_NAME)/opentelemetry-collector \
 	--version $(OPENTELEMETRY_COLLECTOR_CHART_VERSION)
 CHART_grafana := $(GRAFANA_COMMUNITY_REPO_NAME)/grafana --version $(GRAFANA_CHART_VERSION)
+CHART_metrics-server := $(METRICS_SERVER_REPO_NAME)/metrics-server --version $(METRICS_SERVER_CHART_VERSION)
+# metrics-server serves the resource metrics API the HPA scales on. Most clusters have one already
+# (managed clusters, k3s, minikube's addon): `make cluster-up` installs ours only when nothing serves
+# that API, and upgrades ours (the release in the observability namespace) when it is there.
+METRICS_APISERVICE := v1beta1.metrics.k8s.io
 # With LOG_AGENT=promtail the collector leaves the pods' logs to Promtail: no log files mounted, no logs
 # pipeline (its file_log receiver stays configured, unused), and it runs as the image's user, not root.
 SET_opentelemetry-collector := $(if $(filter promtail,$(LOG_AGENT)),--set presets.logsCollection.enabled=false \
@@ -162,6 +167,10 @@ MODEL_ANNOTATION := newsgroups-classifier/model-tag
 RETRAINING_CRONJOB := newsgroups-retraining
 # Manifests that run the image, which `make deploy IMAGE=...` sets.
 IMAGE_MANIFESTS := manifests/deployment.yaml manifests/retraining.yaml
+# Where Alertmanager posts every notification (docs/deployment.md, "Alerts"): kept in the Secret
+# alertmanager-webhook, which `make cluster-up` creates unless it exists. The default is a relay of yours
+# (to chat, paging or e-mail) behind a Service named alert-webhook in the observability namespace.
+ALERT_WEBHOOK_URL ?= http://alert-webhook.$(OBSERVABILITY_NAMESPACE).svc.cluster.local:8080/
 # 32 random letters and digits, made by the shell running the recipe (never echoed).
 RANDOM_SECRET := $$(LC_ALL=C tr -dc A-Za-z0-9 </dev/urandom | head -c 32)
 
@@ -193,7 +202,7 @@ build: ## Build the Bento (the service, no model) and containerize it as IMAGE (
 	$(BENTOML) build
 	$(BENTOML) containerize newsgroups-classifier:latest -t $(IMAGE) $(CONTAINERIZE_OPTS)
 
-cluster-up: ## Namespaces, secrets, dashboards and every chart of the observability stack (LOG_AGENT=promtail: Promtail ships the logs)
+cluster-up: ## Namespaces, secrets, dashboards, metrics-server (unless the cluster has one) and every chart of the observability stack (LOG_AGENT=promtail: Promtail ships the logs)
 	$(KUBECTL) apply -f manifests/00-namespace.yaml
 	$(KUBECTL) create namespace $(OBSERVABILITY_NAMESPACE) --dry-run=client -o yaml | $(KUBECTL) apply -f -
 	$(call ensure_secret,$(OBSERVABILITY_NAMESPACE),minio-credentials,--from-literal=rootUser=minio-admin --from-literal=rootPassword=$(RANDOM_SECRET))
@@ -201,14 +210,20 @@ cluster-up: ## Namespaces, secrets, dashboards and every chart of the observabil
 	$(call ensure_secret,$(SERVICE_NAMESPACE),newsgroups-classifier-feedback,--from-literal=FEEDBACK_SIGNING_KEY=$(RANDOM_SECRET))
 	$(call ensure_secret,$(SERVICE_NAMESPACE),model-store-credentials,--from-literal=AWS_ACCESS_KEY_ID=newsgroups-models --from-literal=AWS_SECRET_ACCESS_KEY=$(RANDOM_SECRET))
 	$(call ensure_secret,$(OBSERVABILITY_NAMESPACE),minio-model-store-user,--from-literal=secretKey="$$($(call secret_value,AWS_SECRET_ACCESS_KEY))")
+	$(call ensure_secret,$(OBSERVABILITY_NAMESPACE),alertmanager-webhook,--from-literal=url=$(ALERT_WEBHOOK_URL))
 	$(HELM) repo add --force-update $(GRAFANA_COMMUNITY_REPO_NAME) $(GRAFANA_COMMUNITY_REPO_URL)
 	$(HELM) repo add --force-update $(GRAFANA_REPO_NAME) $(GRAFANA_REPO_URL)
 	$(HELM) repo add --force-update $(PROMETHEUS_COMMUNITY_REPO_NAME) $(PROMETHEUS_COMMUNITY_REPO_URL)
 	$(HELM) repo add --force-update $(MINIO_REPO_NAME) $(MINIO_REPO_URL)
 	$(HELM) repo add --force-update $(OPEN_TELEMETRY_REPO_NAME) $(OPEN_TELEMETRY_REPO_URL)
+	$(HELM) repo add --force-update $(METRICS_SERVER_REPO_NAME) $(METRICS_SERVER_REPO_URL)
 	$(HELM) repo update $(GRAFANA_COMMUNITY_REPO_NAME) $(GRAFANA_REPO_NAME) $(PROMETHEUS_COMMUNITY_REPO_NAME) \
-		$(MINIO_REPO_NAME) $(OPEN_TELEMETRY_REPO_NAME)
+		$(MINIO_REPO_NAME) $(OPEN_TELEMETRY_REPO_NAME) $(METRICS_SERVER_REPO_NAME)
 	$(MAKE) --no-print-directory dashboards
+	if $(HELM) status metrics-server --namespace $(OBSERVABILITY_NAMESPACE) >/dev/null 2>&1 \
+		|| ! $(KUBECTL) get apiservice $(METRICS_APISERVICE) >/dev/null 2>&1; then \
+		$(call install,metrics-server) ; \
+	else echo "$(METRICS_APISERVICE) is served by another component: metrics-server not installed"; fi
 	$(foreach release,$(RELEASES),$(call install,$(release)) && ) true
 	@echo "Grafana: make port-forward, then http://localhost:$(GRAFANA_PORT) as admin; the password:"
 	@echo "  $(KUBECTL) -n $(OBSERVABILITY_NAMESPACE) get secret grafana-admin -o jsonpath='{.data.admin-password}' | base64 -d"
@@ -254,11 +269,27 @@ port-forward: ## Grafana on localhost:3001, Prometheus on :9090, the service on 
 	$(KUBECTL) -n $(SERVICE_NAMESPACE) port-forward svc/newsgroups-classifier $(PORT):3000 & \
 	wait
 
-# Promtail is uninstalled too, whichever LOG_AGENT the cluster was brought up with.
+# Promtail is uninstalled too, whichever LOG_AGENT the cluster was brought up with, and metrics-server if
+# `make cluster-up` installed it (a metrics-server of the cluster's own lives elsewhere and stays).
 cluster-down: ## Remove the service, every release, their volumes and both namespaces
 	-$(KUBECTL) delete -f manifests/ --ignore-not-found
-	-$(HELM) uninstall --namespace $(OBSERVABILITY_NAMESPACE) --ignore-not-found $(sort $(RELEASES) promtail)
+	-$(HELM) uninstall --namespace $(OBSERVABILITY_NAMESPACE) --ignore-not-found $(sort $(RELEASES) promtail metrics-server)
 	-$(KUBECTL) delete namespace $(OBSERVABILITY_NAMESPACE) --ignore-not-found
+
+# The SLO rules are generated into the Prometheus values (serverFiles, slo_rules.yml), between the BEGIN and
+# END lines there (the file's last lines: yamllint is off for Sloth's layout from BEGIN on), from the SLO
+# spec; `make validate` fails when they differ from what Sloth makes of it.
+SLO_SPEC := helm-config/prometheus/slos.yaml
+PROMETHEUS_VALUES := helm-config/prometheus/values.yaml
+slo-rules: deploy-tools ## Generate the SLO recording and alert rules of helm-config/prometheus/values.yaml from helm-config/prometheus/slos.yaml (Sloth)
+	set -o pipefail && sloth=$$(bash tests/deploy/tools.sh --print-path sloth) && \
+	"$$sloth" validate --no-log --input $(SLO_SPEC) && \
+	"$$sloth" generate --no-log --input $(SLO_SPEC) | sed -e '/^---$$/d' -e '/./,$$!d' -e 's/^/    /' -e 's/ *$$//' \
+		>$(PROMETHEUS_VALUES).slo
+	awk -v rules=$(PROMETHEUS_VALUES).slo '/^  # BEGIN slo_rules.yml/ { print; print "  # yamllint disable"; \
+		print "  slo_rules.yml:"; while ((getline line < rules) > 0) print line; skip = 1; next } \
+		/^  # END slo_rules.yml/ { skip = 0 } !skip' $(PROMETHEUS_VALUES) >$(PROMETHEUS_VALUES).new
+	mv $(PROMETHEUS_VALUES).new $(PROMETHEUS_VALUES) && rm $(PROMETHEUS_VALUES).slo
 
 deploy-tools: ## Build the pinned tools `make validate` needs (kube-score, Pod Security checker, helm, LogQL checker, Sloth) and package the metrics-server chart, cached
 	bash tests/deploy/tools.sh

@@ -120,8 +120,9 @@ class PredictionTelemetry:
         self, endpoint: str, call: ModelCall, request: Request, span: trace.Span | None, observed: Signals
     ) -> None:
         """One `prediction` event per prediction of `request`, logged in its `inference` span if it was
-        traced (the lines of an untraced request carry no trace id: nothing to attach)."""
-        token = context.attach(trace.set_span_in_context(span, request.context)) if span else None
+        traced. An untraced request's context is attached all the same: the batch runs in a task whose
+        own context is the request's that started it."""
+        token = context.attach(trace.set_span_in_context(span, request.context) if span else request.context)
         try:
             for i in request.indices:
                 prediction, text = call.predictions[i], call.items[i].text
@@ -140,8 +141,7 @@ class PredictionTelemetry:
                 }
                 events.info("prediction", extra={"fields": fields})
         finally:
-            if token is not None:
-                context.detach(token)
+            context.detach(token)
 
     def _guarded(self, stage: str, record: Callable[..., T], *args) -> T | None:
         try:

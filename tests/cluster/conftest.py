@@ -4,28 +4,32 @@ built by `make build`, and the manifests applied as docs/deployment.md says."""
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-from support.charts import cluster_releases, render
+from support.charts import cluster_releases, make_dry_run, render
 from support.cluster_images import image_archive, images_env
 from support.cluster_node import BINARIES, NODE_IP, PAUSE_IMAGE, Cluster, cluster_binary, stop_on_sigterm
 from support.cluster_service import DEPLOYMENT, MANIFEST_IMAGE, NAMESPACE, SERVICE
-from support.deploy_files import find_manifest, manifest_documents
+from support.deploy_files import find_manifest, manifest_documents, prometheus_rule_files
 from support.otlp_receiver import OtlpReceiver
 from support.paths import ARCHIVE, REPO
 from support.processes import GiveUp, poll_until, stop_process, tail
 from support.s3_store import ACCESS_KEY, SECRET_KEY
+from support.stand_ins import notifications
 
 HERE = Path(__file__).parent
-# One test-only values overlay per release that runs here (image names, pull policy, storage).
+# One test-only values overlay per release that runs here (image names, pull policy, storage), and the
+# HPA's test-only patch (hpa.yaml).
 OVERLAYS = HERE / "overlays"
 STAND_INS = HERE / "stand-ins.yaml"
 
@@ -58,7 +62,7 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
 @dataclass
 class Observability:
     """The releases installed from our values (each with its overlay), and the test suite's OTLP receivers
-    at Loki's and Tempo's addresses."""
+    at Loki's and Tempo's addresses and its alert webhook."""
 
     releases: list
     received: Path
@@ -71,6 +75,10 @@ class Observability:
     def loki(self) -> OtlpReceiver:
         """Everything the collector has exported to Loki's address so far."""
         return OtlpReceiver.read_dumps(self.received / "loki")
+
+    def notifications(self) -> list[dict]:
+        """Every notification Alertmanager has posted to the webhook address so far, oldest first."""
+        return notifications(self.received)
 
 
 def stand_in_ports() -> dict[str, int]:
@@ -85,7 +93,8 @@ def stand_in_ports() -> dict[str, int]:
 
 
 def start_stand_ins(cluster: Cluster, received: Path) -> subprocess.Popen:
-    """support/stand_ins.py inside the node's network namespace, listening on the node IP."""
+    """support/stand_ins.py inside the node's network namespace, listening on the node IP: the OTLP
+    receivers at Loki's and Tempo's addresses, and the alert webhook."""
     ports = stand_in_ports()
     log = received.with_suffix(".log")
     with open(log, "ab") as out:
@@ -98,6 +107,7 @@ def start_stand_ins(cluster: Cluster, received: Path) -> subprocess.Popen:
                 NODE_IP,
                 str(ports["loki"]),
                 str(ports["tempo"]),
+                str(ports["alert-webhook"]),
                 received,
             ],
             stdout=out,
@@ -110,7 +120,7 @@ def start_stand_ins(cluster: Cluster, received: Path) -> subprocess.Popen:
             raise GiveUp(f"stand_ins.py exited with {process.returncode}:\n{tail(log)}")
         return (received / "ready").exists()
 
-    poll_until(ready, timeout=30, what="the OTLP receivers at Loki's and Tempo's addresses")
+    poll_until(ready, timeout=30, what="the OTLP receivers at Loki's and Tempo's addresses, the webhook")
     return process
 
 
@@ -148,6 +158,36 @@ def volume_owner(name: str) -> str:
     return "65534"
 
 
+# Test-only: the shipped rules with shorter durations, so that an alert fires and resolves within a
+# minute or two (test_alerts.py): every alert's `for:` (5 to 30 minutes shipped) is 15 s, and the drift
+# statistics' window (1 h: the `newsgroups-drift` recording rules) is 1 m. Applied to
+# helm-config/prometheus/values.yaml's rules as they are, and given to the prometheus release as one more
+# values overlay after overlays/prometheus.yaml.
+QUICK_RULES = {"for": "15s", "drift group": "newsgroups-drift", "drift window": ("[1h]", "[1m]")}
+
+
+def quick_rules(path: Path) -> Path:
+    """A values overlay holding the shipped rules with QUICK_RULES' durations."""
+    files = copy.deepcopy(prometheus_rule_files())
+    (drift,) = [g for g in files["recording_rules.yml"]["groups"] if g["name"] == QUICK_RULES["drift group"]]
+    shipped, quick = QUICK_RULES["drift window"]
+    assert any(shipped in rule["expr"] for rule in drift["rules"]), drift
+    for rule in drift["rules"]:
+        rule["expr"] = rule["expr"].replace(shipped, quick)
+    for group in files["alerting_rules.yml"]["groups"]:
+        for rule in group["rules"]:
+            rule["for"] = QUICK_RULES["for"]
+    changed = {name: files[name] for name in ("recording_rules.yml", "alerting_rules.yml")}
+    path.write_text(yaml.safe_dump({"serverFiles": changed}, sort_keys=False))
+    return path
+
+
+def cluster_up_command(*words: str) -> list[str]:
+    """The kubectl command `make cluster-up` runs that holds these words, as kubectl's arguments."""
+    (command,) = [c for c in make_dry_run("cluster-up") if c[0] == "kubectl" and set(words) <= set(c)]
+    return [word for word in command[1:] if not word.startswith((">", "2>"))]
+
+
 def images_of(objects: list[dict]) -> set[str]:
     """Every container image a rendering runs."""
     images = set()
@@ -159,10 +199,12 @@ def images_of(objects: list[dict]) -> set[str]:
 
 @pytest.fixture(scope="session")
 def observability(cluster, helm, tmp_path_factory) -> Iterator[Observability]:
-    """What `make cluster-up` installs that can run here, in its order, from its chart renderings and our
-    values (plus each release's overlay): Prometheus and the collector DaemonSet. Loki's and Tempo's
-    addresses are the test suite's OTLP receivers, Prometheus' claim is bound to a directory of the node
-    (stand-ins.yaml). The images are imported first."""
+    """What `make cluster-up` installs that can run here, from its chart renderings and our values (plus
+    each release's overlay): metrics-server, Prometheus with Alertmanager (and QUICK_RULES' durations) and
+    the collector DaemonSet, installed side by side (`make cluster-up` installs one after the other; none
+    waits for another). Loki's and Tempo's addresses are the test suite's OTLP receivers, the webhook
+    address in the Secret `make cluster-up` makes its webhook receiver, Prometheus' and Alertmanager's
+    claims are bound to directories of the node (stand-ins.yaml). The images are imported first."""
     releases = [r for r in cluster_releases().values() if (OVERLAYS / f"{r.name}.yaml").exists()]
     received = tmp_path_factory.mktemp("observability") / "received"
     receivers = start_stand_ins(cluster, received)
@@ -182,18 +224,29 @@ def observability(cluster, helm, tmp_path_factory) -> Iterator[Observability]:
         # Server-side: no last-applied annotation, which the charts' dry runs (test_cluster.py) would take
         # for objects of their own to migrate.
         cluster.kubectl("apply", "--server-side", "-f", STAND_INS)
+        # The Secret Alertmanager reads the webhook address from, as `make cluster-up` makes it.
+        cluster.kubectl(*cluster_up_command("create", "secret", "alertmanager-webhook"))
+        overlays = {r.name: [OVERLAYS / f"{r.name}.yaml"] for r in releases}
+        overlays["prometheus"].append(quick_rules(received.parent / "quick-rules.yaml"))
         for release in releases:
-            overlay = OVERLAYS / f"{release.name}.yaml"
-            for image in sorted(images_of(render(release, helm, "--values", overlay))):
+            values = [arg for overlay in overlays[release.name] for arg in ("--values", overlay)]
+            for image in sorted(images_of(render(release, helm, *values))):
                 assert image.startswith("localhost/"), f"{release.name} runs {image}: not built here"
                 archive = received.parent / "image.tar"
                 cluster.import_image(image_archive(image, archive))
                 archive.unlink()
+
+        def install(release) -> None:
             try:
-                cluster.install_release(helm, release, overlay)
+                cluster.install_release(helm, release, *overlays[release.name])
             except AssertionError as exc:
                 described = cluster.kubectl("-n", release.namespace, "describe", "pods", check=False).stdout
                 raise AssertionError(f"{exc}\n{described[-6000:]}\n{cluster.logs(20)}") from None
+
+        # The releases do not depend on one another: installed side by side, each waited for (--wait).
+        with ThreadPoolExecutor(len(releases)) as pool:
+            for done in [pool.submit(install, release) for release in releases]:
+                done.result()
         yield Observability(releases, received, receivers)
     finally:
         receivers.terminate()
@@ -253,9 +306,9 @@ def publish_model(cluster: Cluster, models_home: Path) -> str:
 @pytest.fixture(scope="session")
 def deployed(cluster, observability, service_image, models_home) -> Deployed:
     """The manifests applied as docs/deployment.md says (after `make cluster-up`'s stack, the Secrets
-    first; the model published with `make publish-model` and named in its ConfigMap), rolled out, and
-    scaled by the HPA to its minReplicas, all Ready, and the retraining trigger Ready: where every test
-    starts from."""
+    first; the model published with `make publish-model` and named in its ConfigMap), the HPA's test-only
+    overlay (overlays/hpa.yaml) patched in, rolled out, and scaled by the HPA to its minReplicas, all
+    Ready, and the retraining trigger Ready: where every test starts from."""
     kubectl = cluster.kubectl
     kubectl("apply", "-f", REPO / "manifests" / "00-namespace.yaml")
     secret = ["create", "secret", "generic", "newsgroups-classifier-feedback"]
@@ -285,6 +338,7 @@ def deployed(cluster, observability, service_image, models_home) -> Deployed:
         "--timeout=300s",
         timeout=330,
     )
+    kubectl("-n", NAMESPACE, "patch", "hpa", SERVICE, "--type=merge", "--patch-file", OVERLAYS / "hpa.yaml")
     min_replicas = kubectl(
         "-n", NAMESPACE, "get", "hpa", SERVICE, "-o", "jsonpath={.spec.minReplicas}"
     ).stdout

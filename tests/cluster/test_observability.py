@@ -24,7 +24,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.cluster_node import NODE_NAME
-from support.cluster_service import CONTAINER, NAMESPACE, SERVICE, ready_pods
+from support.cluster_service import CONTAINER, NAMESPACE, SERVICE, at_rest
+from support.cluster_stack import prometheus, promql
 from support.dashboards import (
     DATASOURCES,
     dashboard_targets,
@@ -32,6 +33,7 @@ from support.dashboards import (
     grafana_variables,
     provisioned,
 )
+from support.deploy_files import rules as shipped_rules
 from support.loki_contract import Entry, ingested, select
 from support.paths import REPO
 from support.processes import poll_until
@@ -112,7 +114,8 @@ def prediction(deployed, observability) -> Prediction:
     """A prediction with a known traceparent, sent to one pod, then what every dashboard panel needs:
     feedback on it, a prediction of each class, a batch and a bad input."""
     cluster = deployed.cluster
-    (pod, *_) = ready_pods(cluster)
+    # At rest: no pod the HPA added after earlier load, which its scale-in could remove under this test.
+    (pod, *_) = at_rest(cluster)
     pod = Pod(pod["metadata"]["name"], pod["metadata"]["uid"], pod["status"]["podIP"])
     url = f"http://{pod.ip}:3000"
     # The span_metrics connector gives exemplars to the first spans of each series in a flush interval
@@ -253,21 +256,6 @@ def test_contract_the_traces_to_logs_query_finds_the_requests_log_lines(predicti
 # --- Prometheus --------------------------------------------------------------------------------------
 
 
-def prometheus(cluster, path: str, **params: str) -> dict | list:
-    """Prometheus' HTTP API through its Service (prometheus-server), from inside the node's namespace."""
-    ip = cluster.kubectl(
-        "-n", "observability", "get", "service", "prometheus-server", "-o", "jsonpath={.spec.clusterIP}"
-    ).stdout
-    encoded = [arg for name, value in params.items() for arg in ("--data-urlencode", f"{name}={value}")]
-    answer = json.loads(cluster.curl("--get", *encoded, f"http://{ip}/api/v1/{path}").stdout)
-    assert answer["status"] == "success", answer
-    return answer["data"]
-
-
-def promql(cluster, query: str) -> list[dict]:
-    return prometheus(cluster, "query", query=query)["result"]
-
-
 def exemplars(cluster, selector: str) -> list[dict]:
     now = time.time()
     series = prometheus(cluster, "query_exemplars", query=selector, start=str(now - 900), end=str(now))
@@ -336,13 +324,7 @@ def test_the_traces_to_metrics_queries_return_data(prediction, deployed, observa
 
 
 def test_prometheus_loads_and_evaluates_our_rules(deployed):
-    files = yaml.safe_load((REPO / "helm-config" / "prometheus" / "values.yaml").read_text())["serverFiles"]
-    shipped = {
-        rule.get("alert") or rule["record"]
-        for name in ("alerting_rules.yml", "recording_rules.yml")
-        for group in files[name]["groups"]
-        for rule in group["rules"]
-    }
+    shipped = {rule.get("alert") or rule["record"] for rule in shipped_rules()}
     groups = poll_until(
         lambda: (
             (g := prometheus(deployed.cluster, "rules")["groups"])

@@ -44,7 +44,15 @@ def openmetrics_from_text(text: str, stamp: int) -> str:
 def releases() -> dict[str, Release]:
     """Every release of the stack: the default's, and Promtail's (`make cluster-up LOG_AGENT=promtail`)."""
     default = cluster_releases()
-    assert set(default) == {"minio", "loki", "tempo", "prometheus", "opentelemetry-collector", "grafana"}
+    assert set(default) == {
+        "metrics-server",
+        "minio",
+        "loki",
+        "tempo",
+        "prometheus",
+        "opentelemetry-collector",
+        "grafana",
+    }
     with_promtail = cluster_releases(LOG_AGENT="promtail")
     assert set(with_promtail) == set(default) | {"promtail"}
     return {**default, "promtail": with_promtail["promtail"]}

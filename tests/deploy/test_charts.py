@@ -76,6 +76,7 @@ def release_of(name: str) -> str:
 
 def test_every_release_and_variant_renders(renderings, rendered):
     assert {release_of(name) for name in renderings} == {
+        "metrics-server",
         "minio",
         "loki",
         "tempo",

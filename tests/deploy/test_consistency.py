@@ -363,6 +363,8 @@ def option_value(words: list[str], name: str) -> str:
 def panel_datasources(dashboard: dict) -> list[dict]:
     found = []
     for panel in dashboard["panels"]:
+        if panel["type"] == "row":  # a heading: no query
+            continue
         found.append(panel["datasource"])
         found += [target["datasource"] for target in panel["targets"]]
     for variable in dashboard["templating"]["list"]:
@@ -405,7 +407,7 @@ def loki_selectors(dashboard: dict) -> list[str]:
     return [
         target["expr"]
         for panel in dashboard["panels"]
-        for target in panel["targets"]
+        for target in panel.get("targets", [])  # a row has none
         if target["datasource"]["type"] == "loki"
     ]
 

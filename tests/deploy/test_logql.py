@@ -42,7 +42,7 @@ def shipped_logql(releases) -> dict[str, str]:
         f"{name} / {panel['title']}": filled(target["expr"])
         for name, board in dashboards().items()
         for panel in board["panels"]
-        for target in panel["targets"]
+        for target in panel.get("targets", [])  # a row has none
         if target["datasource"]["type"] == "loki"
     }
     traces_to_logs = datasources(releases)["tempo"]["jsonData"]["tracesToLogsV2"]["query"]

@@ -34,7 +34,7 @@ def dashboard_expressions() -> dict[str, str]:
         f"{name} / {panel['title']} / {target['refId']}": substitute(target["expr"])
         for name, board in dashboards().items()
         for panel in board["panels"]
-        for target in panel["targets"]
+        for target in panel.get("targets", [])  # a row has none
         if target["datasource"]["type"] == "prometheus"
     }
 
@@ -162,6 +162,8 @@ def recorded() -> dict[str, set[str]]:
         by = re.findall(r"\bby \(([^)]*)\)", rule["expr"])
         if by:
             found = {label.strip() for label in by[0].split(",")}
+        elif not selectors(rule["expr"]):  # a constant, e.g. an SLO's objective: vector(0.995)
+            found = set()
         else:
             sources = [name for name, _ in selectors(rule["expr"]) if name in names]
             assert sources, f"{rule['record']}: cannot tell its labels"

@@ -9,7 +9,6 @@ on `le` are tested as they run in production. Expected drift statistics are comp
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from dataclasses import dataclass, field
@@ -111,6 +110,11 @@ class Model:
     def classes(self) -> list[str]:
         return sorted(self.baseline["class_share"])
 
+    @property
+    def labels(self) -> dict[str, str]:
+        """What the model's statistics and alerts are kept apart by: its namespace and version."""
+        return {"namespace": PODS[0]["namespace"], "model_version": self.version}
+
 
 HISTOGRAMS = {
     "confidence": "newsgroups_prediction_confidence",
@@ -153,7 +157,7 @@ def model_series(
 
     `confidence_cdf` maps each confidence edge to the live share at or below it (default: the baseline).
     """
-    mv = {"model_version": model.version}
+    mv = model.labels
     for pod in PODS:
         scenario.add(
             "newsgroups_model_info", {**mv, "model_name": MODEL_NAME, **pod}, constant(1, scenario.minutes)
@@ -210,7 +214,7 @@ def test_chi2_approximation_is_close_to_the_table():
 
 
 def class_drift(model: Model, fires: bool, skew: float, per_minute: float) -> Scenario:
-    scenario = Scenario("NewsgroupsClassDrift", fires, expected_labels={"model_version": model.version})
+    scenario = Scenario("NewsgroupsClassDrift", fires, expected_labels=model.labels)
     first, *others = model.classes
     shares = (
         {first: skew, **{label: (1 - skew) / len(others) for label in others}}
@@ -219,7 +223,7 @@ def class_drift(model: Model, fires: bool, skew: float, per_minute: float) -> Sc
     )
     rates = {label: per_minute * share for label, share in shares.items()}
     model_series(scenario, model, rates)
-    mv = {"model_version": model.version}
+    mv = model.labels
     scenario.checks += [
         ("newsgroups:class_psi:1h", psi(rates, model.baseline["class_share"]), mv),
         ("newsgroups:predictions:increase1h", per_minute * 60, mv),
@@ -232,7 +236,7 @@ def confidence_drift(model: Model, fires: bool, shift: bool, per_minute: float) 
     scenario = Scenario(
         "NewsgroupsConfidenceDrift",
         fires,
-        expected_labels={"model_version": model.version, "signal": "confidence"},
+        expected_labels={**model.labels, "signal": "confidence"},
     )
     rows = model.edges["confidence"]
     baseline = {edge: cdf for _, _, edge, cdf in rows}
@@ -245,7 +249,7 @@ def confidence_drift(model: Model, fires: bool, shift: bool, per_minute: float) 
         (
             'newsgroups:signal_ks:1h{signal="confidence"}',
             ks,
-            {"model_version": model.version, "signal": "confidence"},
+            {**model.labels, "signal": "confidence"},
         )
     )
     for signal in ("entropy", "token_count", "oov_ratio"):  # unchanged signals: every edge joined, KS 0
@@ -253,19 +257,17 @@ def confidence_drift(model: Model, fires: bool, shift: bool, per_minute: float) 
             (
                 f'newsgroups:signal_ks:1h{{signal="{signal}"}}',
                 0.0,
-                {"model_version": model.version, "signal": signal},
+                {**model.labels, "signal": signal},
             )
         )
     return scenario
 
 
 def empty_inputs(model: Model, fires: bool, empty_per_minute: float) -> Scenario:
-    scenario = Scenario(
-        "NewsgroupsEmptyInputShareHigh", fires, expected_labels={"model_version": model.version}
-    )
+    scenario = Scenario("NewsgroupsEmptyInputShareHigh", fires, expected_labels=model.labels)
     rates = {label: 12 * share for label, share in model.baseline["class_share"].items()}
     model_series(scenario, model, rates)
-    mv = {"model_version": model.version}
+    mv = model.labels
     scenario.series = [
         s for s in scenario.series if not s["series"].startswith("newsgroups_empty_inputs_total")
     ]
@@ -280,9 +282,9 @@ def live_accuracy(model: Model, fires: bool, correct: float, wrong: float) -> Sc
         "NewsgroupsLiveAccuracyLow",
         fires,
         minutes=FEEDBACK_MINUTES,
-        expected_labels={"model_version": model.version},
+        expected_labels=model.labels,
     )
-    mv = {"model_version": model.version}
+    mv = model.labels
     classes = model.classes
     for predicted in classes:
         for true in classes:
@@ -301,31 +303,19 @@ def live_accuracy(model: Model, fires: bool, correct: float, wrong: float) -> Sc
     return scenario
 
 
-def requests_series(scenario: Scenario, ok: float, failed: float, probe_failures: float = 0) -> None:
+def feedback_errors(fires: bool, ok: float, failed: float, others_failing: float = 0) -> Scenario:
+    """Feedback answered 200 or 503 (per minute), and failing predictions and probes (others_failing)."""
+    scenario = Scenario(
+        "NewsgroupsFeedbackErrors", fires, minutes=60, expected_labels={"namespace": PODS[0]["namespace"]}
+    )
     for route, method, code, rate in (
-        ("/predict", "POST", "200", ok),
-        ("/predict", "POST", "500", failed),
-        ("/readyz", "GET", "500", probe_failures),
+        ("/feedback", "POST", "200", ok),
+        ("/feedback", "POST", "503", failed),
+        ("/predict", "POST", "500", others_failing),
+        ("/readyz", "GET", "500", others_failing),
     ):
         labels = {"route": route, "method": method, "code": code}
         scenario.per_pod("newsgroups_http_requests_total", labels, rate)
-
-
-def error_rate(fires: bool, ok: float, failed: float, probe_failures: float = 0) -> Scenario:
-    scenario = Scenario("NewsgroupsClassifierHighErrorRate", fires, minutes=30)
-    requests_series(scenario, ok, failed, probe_failures)
-    return scenario
-
-
-def latency(stored_series, fires: bool) -> Scenario:
-    scenario = Scenario(
-        "NewsgroupsClassifierLatencyObjective", fires, minutes=30, expected_labels={"route": "/predict"}
-    )
-    name = "newsgroups_http_request_duration_seconds_bucket"
-    les = {s["le"] for s in stored_series if s["__name__"] == name}
-    slowest = 0.8 if fires else 0.04  # every request takes this long
-    for le in les:
-        scenario.per_pod(name, {"route": "/predict", "le": le}, 60 if float(le) >= slowest else 0)
     return scenario
 
 
@@ -347,14 +337,12 @@ def target(alert: str, fires: bool, up: int | None) -> Scenario:
 
 
 SCENARIOS = {
-    "error rate: 1 in 6 requests fails": lambda m, s: error_rate(True, ok=60, failed=12),
-    "error rate: 1 in 60 fails": lambda m, s: error_rate(False, ok=60, failed=1),
-    "error rate: failing probes do not count": lambda m, s: error_rate(
-        False, ok=60, failed=0, probe_failures=60
+    "feedback errors: 1 in 6 fails": lambda m, s: feedback_errors(True, ok=60, failed=12),
+    "feedback errors: 1 in 60 fails": lambda m, s: feedback_errors(False, ok=60, failed=1),
+    "feedback errors: failing predictions and probes do not count": lambda m, s: feedback_errors(
+        False, ok=60, failed=0, others_failing=60
     ),
-    "error rate: too little traffic to judge": lambda m, s: error_rate(False, ok=1, failed=1),
-    "latency: every request takes 800 ms": lambda m, s: latency(s, True),
-    "latency: every request takes 40 ms": lambda m, s: latency(s, False),
+    "feedback errors: too little feedback to judge": lambda m, s: feedback_errors(False, ok=0.2, failed=0.2),
     "target down": lambda m, s: target("NewsgroupsClassifierTargetDown", True, up=0),
     "target up": lambda m, s: target("NewsgroupsClassifierTargetDown", False, up=1),
     "target absent": lambda m, s: target("NewsgroupsClassifierTargetAbsent", True, up=None),
@@ -375,25 +363,11 @@ SCENARIOS = {
 }
 
 
-def without_annotations(directory) -> list[str]:
-    """The rule files with annotations removed: promtool would compare their rendered text exactly, which
-    would only repeat it here. `promtool check rules` above checks their templates."""
-    names = []
-    for name, content in prometheus_rule_files().items():
-        content = copy.deepcopy(content)
-        for group in content["groups"]:
-            for rule in group["rules"]:
-                rule.pop("annotations", None)
-        (directory / name).write_text(yaml.safe_dump(content, sort_keys=False))
-        names.append(name)
-    return names
-
-
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_alert(name, promtool, model, stored_series, tmp_path):
     scenario = SCENARIOS[name](model, stored_series)
     tests = {
-        "rule_files": without_annotations(tmp_path),
+        "rule_files": [path.name for path in write_rule_files(tmp_path, annotations=False)],
         "evaluation_interval": "1m",
         "tests": [scenario.group()],
     }
@@ -403,7 +377,9 @@ def test_alert(name, promtool, model, stored_series, tmp_path):
 
 
 def test_every_alert_has_a_firing_and_a_quiet_scenario(model, stored_series):
-    alerts = {rule["alert"] for rule in rules() if "alert" in rule}
+    """Every hand-written alert (the SLO alerts Sloth generates: test_slos.py)."""
+    groups = prometheus_rule_files()["alerting_rules.yml"]["groups"]
+    alerts = {rule["alert"] for group in groups for rule in group["rules"]}
     built = [build(model, stored_series) for build in SCENARIOS.values()]
     assert {s.alert for s in built if s.fires} == alerts
     assert {s.alert for s in built if not s.fires} == alerts

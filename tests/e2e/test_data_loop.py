@@ -9,6 +9,7 @@ Loki's OTLP endpoint documents it (tests/support/loki_contract.py).
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ import pytest
 import requests
 
 from support import stack as st
+from support.load_driver import traceparent
 from support.loki_contract import LokiQueryServer
 from support.processes import poll_until
 from support.service_process import model_dirs, start_server
@@ -40,7 +42,8 @@ def loop(stack, models_home, documents):
     service = start_server(
         models_home,
         stack.workdir,
-        sample_rate=0.0,
+        otlp_endpoint=stack.service.env["OTEL_EXPORTER_OTLP_ENDPOINT"],
+        sample_rate=0.0,  # only the callers' sampled traces
         cri_log=pod_log,
         env={
             "LOG_TEXT": "prefix",
@@ -51,11 +54,12 @@ def loop(stack, models_home, documents):
     )
     stack.extra_services.append(service)
     sent = []
-    for i in range(12):
+    for i in range(12):  # every other one in a caller's sampled trace
         label = sorted(documents)[i % 4]
-        text = documents[label][200 + i]
-        prediction = requests.post(f"{service.url}/predict", json={"text": text}, timeout=10).json()
-        sent.append({"text": text, "true_label": label, **prediction})
+        text, trace_id = documents[label][200 + i], secrets.token_hex(16) if i % 2 else None
+        headers = traceparent(trace_id) if trace_id else {}
+        response = requests.post(f"{service.url}/predict", json={"text": text}, headers=headers, timeout=10)
+        sent.append({"text": text, "true_label": label, "trace_id": trace_id, **response.json()})
     labelled = {}
     for record in sent[:5]:  # one of them deliberately labelled differently from the prediction
         truth = "rec.autos" if record is sent[0] and record["label"] != "rec.autos" else record["true_label"]
@@ -99,7 +103,7 @@ def test_contract_export_holds_exactly_those_predictions_with_their_labels(loki,
         assert record["confidence"] == original["confidence"]
         assert record["model_version"] == original["model_version"]
         assert record["true_label"] == loop["labelled"].get(record["prediction_id"])
-        assert len(record["trace_id"]) == 32
+        assert record["trace_id"] == original["trace_id"]  # its trace, when it was traced
     correct = sum(1 for pid, truth in loop["labelled"].items() if sent[pid]["label"] == truth)
     assert "records: 12" in result.stdout and "labelled: 5 (41.7%)" in result.stdout
     assert f"accuracy on the labelled share: {correct / 5:.4f}" in result.stdout

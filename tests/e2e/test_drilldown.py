@@ -31,17 +31,14 @@ from support.dashboards import (
     grafana_variables,
     provisioned,
 )
+from support.deploy_files import rules as shipped_rules
+from support.load_driver import traceparent
 from support.loki_contract import select
-from support.paths import REPO
 from support.processes import poll_until
 
 # Series that exist only in a cluster: the kubelet's cAdvisor.
 CLUSTER_ONLY_METRICS = ("container_cpu_usage_seconds_total", "container_memory_working_set_bytes")
 PREDICTIONS_LOGGER = "newsgroups_classifier.predictions"
-
-
-def traceparent(trace_id: str) -> dict[str, str]:
-    return {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
 
 
 def promql(stack, query: str) -> list[dict]:
@@ -63,7 +60,14 @@ def exemplars(stack, selector: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def traffic(stack, documents) -> list[dict]:
-    """Predictions with known trace ids (feedback for some), root requests, batches and bad input."""
+    """Predictions with known trace ids (feedback for some), root requests, batches and bad input, sent
+    once Prometheus has scraped the service: requests before its first scrape never show as an increase,
+    and rates over them (the SLOs' error ratios among them) would stay 0 or empty."""
+    poll_until(
+        lambda: promql(stack, 'newsgroups_http_requests_total{route="/predict"}'),
+        timeout=60,
+        what="the service's first scrape",
+    )
     url, sent = stack.service.url, []
     for i in range(40):
         label = sorted(documents)[i % 4]
@@ -303,10 +307,15 @@ def test_alert_rules_load_and_skewed_traffic_drives_the_drift_alert(stack, traff
     groups = requests.get(f"{stack.prometheus.url}/api/v1/rules", timeout=10).json()["data"]["groups"]
     rules = [rule for group in groups for rule in group["rules"]]
     alerting = {rule["name"] for rule in rules if rule["type"] == "alerting"}
-    files = yaml.safe_load((REPO / "helm-config" / "prometheus" / "values.yaml").read_text())["serverFiles"]
-    shipped = {rule["alert"] for group in files["alerting_rules.yml"]["groups"] for rule in group["rules"]}
+    shipped = {rule["alert"] for rule in shipped_rules() if "alert" in rule}
     assert alerting == shipped
     assert all(rule["health"] != "err" for rule in rules), [r.get("lastError") for r in rules]
+    # increase() counts from a series' first scrape: every class's counter is scraped before the traffic.
+    poll_until(
+        lambda: len(promql(stack, "newsgroups_predictions_total")) >= len(documents),
+        timeout=60,
+        what="every class's prediction counter in Prometheus",
+    )
     # Normal traffic: a balanced sample of held-out documents does not trip the drift alerts.
     for i in range(200):
         label = sorted(documents)[i % 4]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,22 +13,36 @@ import yaml
 
 from support.paths import REPO, SHARED
 
+# Charts shared/charts does not hold: tests/deploy/tools.sh packages them from their sources (chart ->
+# the name it prints the path of).
+PACKAGED_BY_TOOLS = {"metrics-server": "metrics-server-chart"}
+
 # The Kubernetes version the manifests and renderings are checked against: API schemas, Pod Security policy
 # version, and the version helm renders for.
 KUBERNETES_VERSION = "1.35"
 
 
+# Shell words that end one command of a line and start the next, and words that only open or close one.
+SEPARATORS = {"&&", "||", ";", "|", "then", "else", "do"}
+OPENERS = {"if", "!", "{", "}", "fi", "done"}
+
+
 def make_dry_run(*targets: str, **variables: str) -> list[list[str]]:
-    """The commands `make -n TARGET...` would run, each split into words."""
+    """The commands `make -n TARGET...` would run, each split into words: a line's chains (`&&`, `||`),
+    lists (`;`), pipelines and `if` branches are separate commands."""
     args = ["make", "--no-print-directory", "-n", *targets, *(f"{k}={v}" for k, v in variables.items())]
     out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, check=True).stdout
     commands = []
     for line in out.replace("\\\n", " ").splitlines():
-        words = shlex.split(line)
-        while "&&" in words:  # a chain of commands on one line
-            commands.append(words[: words.index("&&")])
-            words = words[words.index("&&") + 1 :]
-        commands.append(words)
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
+        lexer.whitespace_split = True
+        command: list[str] = []
+        for word in [*lexer, ";"]:
+            if word in SEPARATORS:
+                commands.append(command)
+                command = []
+            elif command or word not in OPENERS:
+                command.append(word)
     return [words for words in commands if words]
 
 
@@ -48,17 +63,24 @@ class Release:
         return yaml.safe_load(self.values_path.read_text())
 
     @property
-    def chart_dir(self) -> Path:
-        return SHARED / "charts" / self.chart / self.version
-
-    @property
     def defaults(self) -> dict:
-        return yaml.safe_load((self.chart_dir / "values.yaml").read_text())
+        return yaml.safe_load(self.chart_file("values.yaml"))
 
     @property
     def packaged_chart(self) -> Path:
-        """The pinned chart packaged with its dependencies: what `helm install` gets from the repository."""
-        return self.chart_dir / f"{self.chart}-{self.version}.tgz"
+        """The pinned chart packaged with its dependencies: what `helm install` gets from the repository.
+        From shared/charts, or for the charts listed in PACKAGED_BY_TOOLS, from `make deploy-tools`."""
+        if self.chart in PACKAGED_BY_TOOLS:
+            out = run(["bash", REPO / "tests/deploy/tools.sh", "--print-path", PACKAGED_BY_TOOLS[self.chart]])
+            path = Path(out.stdout.strip())
+            assert path.is_file(), f"{path} is missing: run `make deploy-tools`"
+            return path
+        return SHARED / "charts" / self.chart / self.version / f"{self.chart}-{self.version}.tgz"
+
+    def chart_file(self, name: str) -> str:
+        """A file of the packaged chart, e.g. "Chart.yaml" or "values.yaml"."""
+        with tarfile.open(self.packaged_chart) as archive:
+            return archive.extractfile(f"{self.chart}/{name}").read().decode()
 
     def service_host(self, service: str | None = None) -> str:
         return f"{service or self.name}.{self.namespace}.svc.cluster.local"

@@ -199,9 +199,17 @@ CERTIFICATES = {
     "admin": ("/O=system:masters/CN=admin", "DNS:admin"),
     "controller-manager": ("/CN=system:kube-controller-manager", "DNS:controller-manager"),
     "scheduler": ("/CN=system:kube-scheduler", "DNS:scheduler"),
+    # The kubelet's client certificate, and its serving certificate: signed by the cluster CA, as a
+    # kubelet-serving CSR approved under `serverTLSBootstrap` would be, so clients that trust the cluster
+    # CA (the API server, metrics-server through its service account's ca.crt) verify the kubelet.
     "kubelet": (f"/O=system:nodes/CN=system:node:{NODE_NAME}", f"DNS:{NODE_NAME},IP:{NODE_IP}"),
     "kube-proxy": ("/CN=system:kube-proxy", "DNS:kube-proxy"),
 }
+# The aggregation layer's front proxy: the API server authenticates to aggregated API servers
+# (metrics-server) with this client certificate, and they trust the user it names only from a
+# certificate of this CA of its own (as kubeadm's front-proxy-ca): no cluster client certificate can
+# pose as the front proxy.
+FRONT_PROXY_CLIENT = "front-proxy-client"
 
 
 def openssl(*args: str, env: dict | None = None) -> None:
@@ -230,6 +238,9 @@ def make_pki(pki: Path) -> None:
     signed_by_ca = ("-CA", str(pki / "ca.crt"), "-CAkey", str(pki / "ca.key"))
     for name, (subject, sans) in CERTIFICATES.items():
         certificate(name, subject, sans, "leaf", *signed_by_ca)
+    certificate("front-proxy-ca", "/CN=newsgroups-front-proxy-ca", "DNS:front-proxy-ca", "ca")
+    front_proxy_ca = ("-CA", str(pki / "front-proxy-ca.crt"), "-CAkey", str(pki / "front-proxy-ca.key"))
+    certificate(FRONT_PROXY_CLIENT, f"/CN={FRONT_PROXY_CLIENT}", "DNS:front-proxy", "leaf", *front_proxy_ca)
     openssl("genpkey", "-algorithm", "RSA", "-out", str(pki / "service-account.key"))
     openssl(
         "pkey", "-in", str(pki / "service-account.key"), "-pubout", "-out", str(pki / "service-account.pub")
@@ -319,6 +330,9 @@ def kubelet_config(work: Path, cgroup_root: str) -> dict:
             "x509": {"clientCAFile": str(pki / "ca.crt")},
         },
         "authorization": {"mode": "Webhook"},
+        # Served with the certificate the cluster CA signed (make_pki), not a self-signed one.
+        "tlsCertFile": str(pki / "kubelet.crt"),
+        "tlsPrivateKeyFile": str(pki / "kubelet.key"),
         "containerRuntimeEndpoint": "unix:///run/containerd/containerd.sock",
         "cgroupDriver": "cgroupfs",
         "cgroupRoot": cgroup_root,
@@ -562,6 +576,8 @@ class Cluster:
             f"--tls-private-key-file={pki}/apiserver.key",
             f"--kubelet-client-certificate={pki}/apiserver-kubelet-client.crt",
             f"--kubelet-client-key={pki}/apiserver-kubelet-client.key",
+            # The kubelet's serving certificate is the cluster CA's: logs, exec and proxied scrapes verify it.
+            f"--kubelet-certificate-authority={pki}/ca.crt",
             "--kubelet-preferred-address-types=InternalIP",
             f"--service-account-issuer=https://kubernetes.default.svc.{CLUSTER_DOMAIN}",
             f"--service-account-key-file={pki}/service-account.pub",
@@ -571,6 +587,18 @@ class Cluster:
             # Privileged pods are allowed by the server, so Pod Security admission is what refuses them.
             "--allow-privileged=true",
             "--profiling=false",
+            # The aggregation layer (metrics-server's metrics.k8s.io): requests proxied to an aggregated
+            # API server carry the user in these headers, authenticated by the front proxy's certificate.
+            # The API server reaches metrics-server through its Service's cluster IP: kube-proxy's rules
+            # apply in the node's network namespace, where the API server runs (no
+            # --enable-aggregator-routing needed).
+            f"--requestheader-client-ca-file={pki}/front-proxy-ca.crt",
+            f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki}/{FRONT_PROXY_CLIENT}.crt",
+            f"--proxy-client-key-file={pki}/{FRONT_PROXY_CLIENT}.key",
         )
         self.wait_for(
             lambda: self.kubectl("get", "--raw", "/readyz", check=False).stdout == "ok", "the API server"

@@ -8,6 +8,7 @@ import json
 import yaml
 
 from support.paths import REPO
+from support.processes import poll_until
 
 _DEPLOYMENT = yaml.safe_load((REPO / "manifests" / "deployment.yaml").read_text())
 NAMESPACE = _DEPLOYMENT["metadata"]["namespace"]
@@ -32,3 +33,37 @@ def ready_pods(cluster) -> list[dict]:
         )
 
     return [pod for pod in pods(cluster) if ready(pod) and not pod["metadata"].get("deletionTimestamp")]
+
+
+def cluster_url(cluster) -> str:
+    """The Service's cluster address (reachable inside the node's network namespace)."""
+    ip = cluster.kubectl(
+        "-n", NAMESPACE, "get", "service", SERVICE, "-o", "jsonpath={.spec.clusterIP}"
+    ).stdout
+    return f"http://{ip}:3000"
+
+
+def autoscaler(cluster) -> dict:
+    return json.loads(cluster.kubectl("-n", NAMESPACE, "get", "hpa", SERVICE, "-o", "json").stdout)
+
+
+def condition(obj: dict, kind: str) -> dict:
+    return next((c for c in obj["status"].get("conditions", []) if c["type"] == kind), {})
+
+
+def at_rest(cluster, timeout: float = 240) -> list[dict]:
+    """Wait until the HPA, with metrics, holds the Deployment at minReplicas, every pod Ready and no pod
+    terminating (after load, the HPA's scale-down window passes first): where a test that counts or picks
+    pods starts. Returns the pods."""
+
+    def rested():
+        hpa = autoscaler(cluster)
+        listed = pods(cluster)
+        return (
+            condition(hpa, "ScalingActive").get("status") == "True"
+            and hpa["status"].get("desiredReplicas") == hpa["spec"]["minReplicas"]
+            and len(listed) == len(ready_pods(cluster)) == hpa["spec"]["minReplicas"]
+            and listed
+        )
+
+    return poll_until(rested, timeout=timeout, interval=2, what="the HPA at rest at minReplicas")

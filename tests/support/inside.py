@@ -1,8 +1,12 @@
 """Clients run inside the cluster's network namespace (`nsenter --net=...`), standard library only.
 
 inside.py dns NAME SERVER          print the A records SERVER (port 53, UDP) gives for NAME
-inside.py traffic URL SECONDS      POST a text to URL back to back for SECONDS (or until SIGTERM),
-                                   then print {"ok": n, "failed": [...], "model_versions": [...]}
+inside.py traffic URL SECONDS [CLIENTS [RATE [BATCH]]]
+                                   CLIENTS (default 1) threads POST texts to URL, each back to back, or
+                                   all together at most RATE requests per second (0: no limit), for
+                                   SECONDS (or until SIGTERM), then print {"ok": n, "failed": [...],
+                                   "model_versions": [...]}; with BATCH, JSON batches of BATCH texts (for
+                                   /predict_batch), else one text per request
 inside.py labelled URL FILE        for each {"text", "label"} line of FILE: POST the text to URL/predict,
                                    then its label to URL/feedback; print {"feedback": n, "failed": [...],
                                    "prediction_ids": [...], "model_versions": [...]}
@@ -10,12 +14,14 @@ inside.py labelled URL FILE        for each {"text", "label"} line of FILE: POST
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import signal
 import socket
 import struct
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -50,24 +56,56 @@ def dns_a_records(name: str, server: str, timeout: float = 2.0) -> list[str]:
     return records
 
 
-def traffic(url: str, seconds: float) -> dict:
-    """Predictions back to back; a failure is any error or non-200 answer."""
-    stop = time.monotonic() + seconds
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+# One text of each class the model knows, sent in turn: the predicted class mix stays the training one,
+# so traffic alone never makes the class drift alert fire.
+TEXTS = (
+    "The goalie stopped every shot in overtime of the playoff game.",
+    "The dealer replaced the transmission and the brakes of my sedan.",
+    "I ride my motorcycle with a helmet and leathers on the highway.",
+    "The pitcher threw a no-hitter and the shortstop hit a home run.",
+)
+
+
+def traffic(url: str, seconds: float, clients: int = 1, rate: float = 0, batch: int = 0) -> dict:
+    """Predictions from `clients` threads, each on a new connection per request (so a Service spreads
+    them over its pods, new ones included); a failure is any error or non-200 answer."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    interval = clients / rate if rate else 0.0
+    lock = threading.Lock()
     result = {"ok": 0, "failed": [], "model_versions": []}
-    try:
-        while time.monotonic() < stop:
-            request = urllib.request.Request(url, data=b"The goalie stopped every shot in overtime.")
+
+    def client(first: int) -> None:
+        for i in itertools.count(first):
+            started = time.monotonic()
+            if batch:
+                texts = [TEXTS[(i + n) % len(TEXTS)] for n in range(batch)]
+                data, headers = json.dumps({"texts": texts}).encode(), {"Content-Type": "application/json"}
+            else:
+                data, headers = TEXTS[i % len(TEXTS)].encode(), {}
+            request = urllib.request.Request(url, data=data, headers=headers)
             try:
                 with urllib.request.urlopen(request, timeout=10) as response:
                     body = json.load(response)
-                result["ok"] += 1
-                if body["model_version"] not in result["model_versions"]:
-                    result["model_versions"].append(body["model_version"])
+                with lock:
+                    result["ok"] += 1
+                    for answer in body if batch else [body]:
+                        if answer["model_version"] not in result["model_versions"]:
+                            result["model_versions"].append(answer["model_version"])
             except (OSError, urllib.error.URLError, ValueError) as exc:
-                result["failed"].append(f"{time.time():.3f} {exc}")
-    finally:
-        print(json.dumps(result), flush=True)
+                with lock:
+                    result["failed"].append(f"{time.time():.3f} {exc}")
+            if stop.wait(max(0.0, interval - (time.monotonic() - started))):
+                return
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    stop.wait(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    print(json.dumps(result), flush=True)
     return result
 
 
@@ -106,7 +144,9 @@ def main() -> None:
     if command == "dns":
         print("\n".join(dns_a_records(*args)))
     elif command == "traffic":
-        traffic(args[0], float(args[1]))
+        url, seconds, *options = args
+        clients, rate, batch = [float(option) for option in options] + [1, 0, 0][len(options) :]
+        traffic(url, float(seconds), int(clients), rate, int(batch))
     elif command == "labelled":
         labelled(*args)
     else:

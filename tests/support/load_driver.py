@@ -42,13 +42,15 @@ class Outcome:
         return self.status is not None and 200 <= self.status < 300
 
 
+def traceparent(trace_id: str) -> dict[str, str]:
+    """The W3C header of a sampled trace `trace_id`, as a caller's client span would send it."""
+    return {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+
+
 def send(session: requests.Session, url: str, request: Request) -> Outcome:
     """One request, continuing a sampled trace whose id the outcome keeps."""
     trace_id = secrets.token_hex(16)
-    headers = {
-        **request.options.get("headers", {}),
-        "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01",
-    }
+    headers = {**request.options.get("headers", {}), **traceparent(trace_id)}
     options = {**request.options, "headers": headers}
     started = time.monotonic()
     try:

@@ -15,6 +15,7 @@ import requests
 import yaml
 
 from support.charts import cluster_releases, render
+from support.deploy_files import prometheus_rule_files
 from support.otlp_receiver import OtlpReceiver
 from support.paths import REPO
 from support.processes import GiveUp, free_port, poll_until, stop_process, tail
@@ -187,12 +188,9 @@ def collector(
 
 def prometheus(workdir: Path, port: int, service_port: int) -> Program:
     server = values("prometheus")["server"]
-    files = values("prometheus")["serverFiles"]
     data = workdir / "prometheus"
     program = Program("prometheus", [], port, "/-/ready", data)
-    rule_files = [
-        str(program.write_config(files[name], name)) for name in ("alerting_rules.yml", "recording_rules.yml")
-    ]
+    rule_files = [str(program.write_config(rules, name)) for name, rules in prometheus_rule_files().items()]
     rendered = {
         "global": server["global"],
         "rule_files": rule_files,

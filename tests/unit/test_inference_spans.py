@@ -14,6 +14,7 @@ from opentelemetry.trace import StatusCode
 from prometheus_client import REGISTRY
 
 from newsgroups_classifier.config import Settings
+from newsgroups_classifier.logs import TraceIdFilter
 from newsgroups_classifier.prediction_telemetry import ModelCall, PredictionTelemetry
 from newsgroups_classifier.tracing import PROPAGATOR, StepTimer, record_inference
 
@@ -92,11 +93,11 @@ class BrokenMetrics:
         raise RuntimeError("metrics down")
 
 
-def call() -> ModelCall:
+def call(parent: context.Context | None = None) -> ModelCall:
     timer = StepTimer()
     with timer.step("predict"):
         pass
-    parent = request()
+    parent = parent or request()
     return ModelCall(
         items=[Item("a goalie", parent), Item("an engine", parent)],
         tokens=[["goalie"], ["engine"]],
@@ -136,3 +137,30 @@ def test_the_texts_of_a_batch_are_grouped_by_the_request_they_came_in():
     grouped = requests_of([*first, *second])
     assert [request.indices for request in grouped] == [[0, 1], [2]]
     assert grouped[1].context is second[0].trace_context
+
+
+class Metrics:
+    version = "v1"
+
+    def observe_predictions(self, labels, signals):
+        pass
+
+    def observe_model_call(self, endpoint, size, seconds):
+        pass
+
+
+def test_an_untraced_requests_events_carry_no_other_requests_trace_id(exported, monkeypatch, caplog):
+    """The batch runs in a task whose context is the request's that started it (here a sampled one):
+    the events of a later, unsampled request must not carry that request's trace id."""
+    tracer, _ = exported
+    telemetry = PredictionTelemetry(Metrics(), "model", Settings())
+    monkeypatch.setattr(telemetry, "tracer", tracer)
+    caplog.handler.addFilter(TraceIdFilter())
+    token = context.attach(request(parent_span_id="00000000000000aa"))  # the task's own context
+    try:
+        with caplog.at_level(logging.INFO, logger="newsgroups_classifier.predictions"):
+            telemetry.predicted("predict", call(request(flags="00")))
+            telemetry.predicted("predict", call(request()))
+    finally:
+        context.detach(token)
+    assert [getattr(made, "trace_id", None) for made in caplog.records] == [None, None, TRACE_ID, TRACE_ID]
