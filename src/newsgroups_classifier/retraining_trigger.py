@@ -38,6 +38,7 @@ from .logs import log_json
 JOB_LABEL = "app.kubernetes.io/name"
 DECISIONS = ("started", "skipped_running", "skipped_cooldown", "ignored_resolved", "invalid", "error")
 OUTCOMES = ("published", "refused", "failed")
+ALERTS_PATH = "/alerts"  # where Alertmanager posts (helm-config/prometheus/values.yaml)
 MAX_BODY = 1024 * 1024
 log = logging.getLogger("newsgroups_classifier.retraining_trigger")
 
@@ -239,7 +240,7 @@ def handler(trigger: Trigger) -> type[BaseHTTPRequestHandler]:
                 self.answer(404, b'{"error":"not found"}', "application/json")
 
         def do_POST(self):  # noqa: N802
-            if self.path != "/alerts":
+            if self.path != ALERTS_PATH:
                 self.answer(404, b'{"error":"not found"}', "application/json")
                 return
             try:

@@ -218,12 +218,12 @@ def loop(deployed, observability):
 
 
 @pytest.fixture(scope="module")
-def test_split(data_home):
+def test_documents(data_home):
     return load_split("test", data_home=data_home)
 
 
 def test_a_drift_alert_retrains_gates_and_rolls_out_the_new_model_without_a_failed_request(
-    loop, observability, test_split, tmp_path
+    loop, observability, test_documents, tmp_path
 ):
     cluster = loop.cluster
     start_from_nothing(cluster)
@@ -233,7 +233,7 @@ def test_a_drift_alert_retrains_gates_and_rolls_out_the_new_model_without_a_fail
     assert model_panel(cluster) == [before_version]
 
     # Skewed traffic (70% hockey) with a true label for every prediction.
-    items = feedback_scenarios.skewed_true(test_split)
+    items = feedback_scenarios.skewed_true(test_documents)
     sent_at = time.time()
     send_labelled(cluster, items, tmp_path)
 
@@ -323,7 +323,7 @@ def test_a_drift_alert_retrains_gates_and_rolls_out_the_new_model_without_a_fail
 
 
 def test_shuffled_feedback_is_refused_by_the_gate_and_nothing_rolls_out(
-    loop, observability, test_split, tmp_path
+    loop, observability, test_documents, tmp_path
 ):
     cluster = loop.cluster
     start_from_nothing(cluster)
@@ -332,7 +332,7 @@ def test_shuffled_feedback_is_refused_by_the_gate_and_nothing_rolls_out(
     before_pods = {p["metadata"]["name"] for p in ready_pods(cluster)}
     refused_before = runs(cluster, "refused")
 
-    items = feedback_scenarios.shuffled(test_split)
+    items = feedback_scenarios.shuffled(test_documents)
     sent = send_labelled(cluster, items, tmp_path)
     # The Job reads what reached Loki's address: every feedback event first.
     poll_until(

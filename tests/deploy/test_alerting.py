@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from newsgroups_classifier.retraining_trigger import ALERTS_PATH
 from support.charts import render, run
-from support.deploy_files import created_secrets, dashboards, merged, rules
+from support.deploy_files import created_secrets, dashboards, find_manifest, merged, rules
 from support.paths import REPO
 from support.processes import built_tool
 
@@ -129,17 +130,28 @@ def test_every_alert_has_a_summary_a_runbook_section_and_a_dashboard():
         assert uid in panels and (panel is None or int(panel) in panels[uid]), (name, link)
 
 
+def trigger_url() -> str:
+    """The retraining trigger's address: its Service in manifests/, the path it serves."""
+    service = find_manifest("Service", "newsgroups-retraining-trigger")
+    (port,) = service["spec"]["ports"]
+    host = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
+    return f"http://{host}:{port['port']}{ALERTS_PATH}"
+
+
 def test_every_runbook_section_is_an_alert():
     assert set(runbook_sections()) == {anchor(alert["alert"]) for alert in alerts()}
 
 
-def test_every_receiver_posts_to_the_webhook_address_cluster_up_keeps_in_a_secret(releases, config_file):
+def test_receivers_post_to_the_secrets_webhook_address_and_model_also_to_the_retraining_trigger(
+    releases, config_file
+):
     alertmanager = merged(releases["prometheus"])["alertmanager"]
     (mount,) = alertmanager["extraSecretMounts"]
     receivers = yaml.safe_load(config_file.read_text())["receivers"]
     assert {receiver["name"] for receiver in receivers} == set(SEVERITIES)
     for receiver in receivers:
-        (webhook,) = receiver["webhook_configs"]
+        webhook, *others = receiver["webhook_configs"]
         assert webhook == {"url_file": f"{mount['mountPath']}/url"}, receiver
+        assert others == ([{"url": trigger_url()}] if receiver["name"] == "model" else []), receiver
     secrets = {(ns, name): keys for ns, name, keys in created_secrets()}
     assert secrets[(releases["prometheus"].namespace, mount["secretName"])] == {"url"}
