@@ -1,8 +1,8 @@
 """Side-by-side benchmark (`make bench`): our service against the FastAPI app a user would write
-instead (plain, and with the same telemetry), what our telemetry costs, and the levers that move our
-speed (workers, sampling), on the same machine and
-the same documents (the test split). Every lever is the shipped service with one setting changed
-(environment or BentoML configuration).
+instead (plain, and with the same telemetry), our code before the lean request path (BASELINE_REVISION),
+what our telemetry costs, and the levers that move our speed (adaptive batching of /predict, BentoML's
+access log, workers, sampling), on the same machine and the same documents (the test split). Every lever
+is the shipped service with one setting changed (environment or BentoML configuration).
 
 Every server gets the same closed-loop load from wrk (one thread, JSON bodies cycled by
 load_testing/wrk_bodies.lua). The run goes in rounds: each round measures every target once, in a

@@ -1,9 +1,9 @@
 """The data loop: logged predictions and feedback become a labelled dataset (`make export-feedback`).
 
 The lines are the real service's, shipped by the real collector; Loki (AGPL-3.0) is never run, so these are
-contract tests: the export's Loki client reads them from a local HTTP server answering Loki's documented
-`query_range` API (paging included) from what the collector exported to Loki's OTLP address, ingested as
-Loki's OTLP endpoint documents it (tests/support/loki_contract.py).
+contract tests: the export's Loki client reads them from Loki's address, which answers Loki's documented
+`query_range` API (paging included) from what the collector exported to it, ingested as Loki's OTLP
+endpoint documents it (tests/support/loki_contract.py).
 """
 
 from __future__ import annotations
@@ -20,17 +20,24 @@ import requests
 
 from support import stack as st
 from support.load_driver import traceparent
-from support.loki_contract import LokiQueryServer
+from support.loki_contract import QUERY_RANGE, QueryApi
 from support.processes import poll_until
 from support.service_process import model_dirs, start_server
 
 
 @pytest.fixture(scope="module")
-def loki(stack):
-    """Loki's query API over everything the collector has exported to Loki's address so far."""
-    server = LokiQueryServer(stack.loki_entries).start()
-    yield server
-    server.stop()
+def loki(stack) -> QueryApi:
+    """Loki's query API over everything the collector has exported to Loki's address so far, served on
+    that address as Loki does."""
+    api = QueryApi(stack.loki_entries)
+    stack.loki.read_api[QUERY_RANGE] = api
+    yield api
+    del stack.loki.read_api[QUERY_RANGE]
+
+
+@pytest.fixture(scope="module")
+def loki_url(stack, loki) -> str:
+    return stack.loki.http_endpoint
 
 
 @pytest.fixture(scope="module")
@@ -76,21 +83,21 @@ def loop(stack, models_home, documents):
     return {"since": started.isoformat(), "sent": sent, "labelled": labelled, "pod_log": pod_log}
 
 
-def export(loki, *args: str) -> subprocess.CompletedProcess:
+def export(loki_url: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "newsgroups_classifier.export", "--loki-url", loki.url, *args],
+        [sys.executable, "-m", "newsgroups_classifier.export", "--loki-url", loki_url, *args],
         capture_output=True,
         text=True,
         timeout=120,
     )
 
 
-def test_contract_export_holds_exactly_those_predictions_with_their_labels(loki, loop, tmp_path):
+def test_contract_export_holds_exactly_those_predictions_with_their_labels(loki, loki_url, loop, tmp_path):
     """Contract: paging through Loki's query_range (5 lines a page), the export gets every prediction of
     the pod once, with its text, prediction and feedback."""
     output = tmp_path / "feedback.jsonl"
     before = len(loki.queries)
-    result = export(loki, "--since", loop["since"], "--output", str(output), "--page-size", "5")
+    result = export(loki_url, "--since", loop["since"], "--output", str(output), "--page-size", "5")
     assert result.returncode == 0, result.stderr
     assert len(loki.queries) - before >= 4, "the export did not page"
     records = [json.loads(line) for line in output.read_text().splitlines()]
@@ -109,21 +116,23 @@ def test_contract_export_holds_exactly_those_predictions_with_their_labels(loki,
     assert f"accuracy on the labelled share: {correct / 5:.4f}" in result.stdout
 
 
-def test_contract_the_export_selects_the_classifier_by_the_labels_both_agents_set(loki, loop, tmp_path):
+def test_contract_the_export_selects_the_classifier_by_the_labels_both_agents_set(
+    loki, loki_url, loop, tmp_path
+):
     """Contract: the default selector (namespace and container labels, the same with Promtail) is what the
     export asks Loki for, and it finds the loop pod's events among every pod's lines."""
     output = tmp_path / "all.jsonl"
-    assert export(loki, "--since", loop["since"], "--output", str(output)).returncode == 0
+    assert export(loki_url, "--since", loop["since"], "--output", str(output)).returncode == 0
     (query,) = {q["query"] for q in loki.queries[-1:]}
     assert query.startswith('{namespace="newsgroups", container="newsgroups-classifier"}')
     exported = {json.loads(line)["prediction_id"] for line in output.read_text().splitlines()}
     assert {r["prediction_id"] for r in loop["sent"]} <= exported
 
 
-def test_contract_selection_for_labelling(loki, loop, tmp_path):
+def test_contract_selection_for_labelling(loki_url, loop, tmp_path):
     output = tmp_path / "to-label.jsonl"
     result = export(
-        loki,
+        loki_url,
         "--since",
         loop["since"],
         "--selector",
@@ -144,12 +153,12 @@ def test_contract_selection_for_labelling(loki, loop, tmp_path):
 
 
 def test_contract_training_with_the_export_changes_the_model_and_reports_both_evaluations(
-    loki, loop, tmp_path, models_home, train
+    loki_url, loop, tmp_path, models_home, train
 ):
     output = tmp_path / "feedback.jsonl"
     selector = f'{{namespace="{st.NAMESPACE}", pod="{st.POD}-loop"}}'
     assert (
-        export(loki, "--since", loop["since"], "--selector", selector, "--output", str(output)).returncode
+        export(loki_url, "--since", loop["since"], "--selector", selector, "--output", str(output)).returncode
         == 0
     )
     result = train(tmp_path / "home", "--extra-data", str(output))
@@ -159,7 +168,7 @@ def test_contract_training_with_the_export_changes_the_model_and_reports_both_ev
     assert new.name != old.name
 
 
-def test_contract_bad_input_gives_a_clear_message_and_no_file(loki, loop, tmp_path):
+def test_contract_bad_input_gives_a_clear_message_and_no_file(loki_url, loop, tmp_path):
     output = tmp_path / "out.jsonl"
     cases = {
         "unreachable": (["--loki-url", "http://127.0.0.1:9", "--since", "1h"], "unreachable"),
@@ -171,13 +180,13 @@ def test_contract_bad_input_gives_a_clear_message_and_no_file(loki, loop, tmp_pa
         ),
     }
     for name, (args, message) in cases.items():
-        result = export(loki, *args, "--output", str(output))
+        result = export(loki_url, *args, "--output", str(output))
         assert result.returncode == 1, name
         assert message in result.stderr, (name, result.stderr)
         assert not output.exists() and not list(tmp_path.iterdir()), name
 
 
-def test_contract_a_malformed_line_is_reported(stack, loki, loop, tmp_path):
+def test_contract_a_malformed_line_is_reported(stack, loki_url, loop, tmp_path):
     """A broken line in the pod's log file, as a runtime writes it, shipped by the collector."""
     since = datetime.fromtimestamp(time.time() - 1, UTC).isoformat()
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -186,7 +195,7 @@ def test_contract_a_malformed_line_is_reported(stack, loki, loop, tmp_path):
 
     def exported(*extra: str) -> subprocess.CompletedProcess:
         return poll_until(
-            lambda: (r := export(loki, "--since", since, *extra)) and "malformed" in r.stderr and r,
+            lambda: (r := export(loki_url, "--since", since, *extra)) and "malformed" in r.stderr and r,
             timeout=30,
             interval=1,
             what="the malformed line to be read",

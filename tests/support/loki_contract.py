@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import json
 import re
-import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
 from support.otlp_receiver import ReceivedLog
-from support.processes import free_port
 
 
 @dataclass(frozen=True)
@@ -117,6 +114,9 @@ def query_range(entries: list[Entry], params: dict[str, str]) -> dict:
     return {"status": "success", "data": {"resultType": "streams", "result": list(streams.values())}}
 
 
+QUERY_RANGE = "/loki/api/v1/query_range"
+
+
 def answer(entries: list[Entry], params: dict[str, str]) -> tuple[int, dict]:
     """Loki's answer to a query_range request: (HTTP status, JSON body)."""
     try:
@@ -125,47 +125,15 @@ def answer(entries: list[Entry], params: dict[str, str]) -> tuple[int, dict]:
         return 400, {"status": "error", "error": str(exc)}
 
 
-class LokiQueryServer:
-    """A local HTTP server answering `GET /loki/api/v1/query_range` as Loki documents it, from `entries()`."""
+class QueryApi:
+    """Loki's `GET /loki/api/v1/query_range` (QUERY_RANGE) over `entries()` at the time of each request,
+    keeping each request's parameters in `queries`. Served beside an OtlpReceiver's OTLP endpoint (its
+    `read_api`), as Loki serves its query API on the port it ingests on."""
 
-    def __init__(self, entries) -> None:
-        self.entries = entries  # a callable: the entries at the time of each request
-        self.port = free_port()
+    def __init__(self, entries: Callable[[], list[Entry]]) -> None:
+        self.entries = entries
         self.queries: list[dict[str, str]] = []
-        self._server: ThreadingHTTPServer | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> LokiQueryServer:
-        loki = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's name)
-                url = urlsplit(self.path)
-                if url.path != "/loki/api/v1/query_range":
-                    self.send_error(404)
-                    return
-                params = {key: values[-1] for key, values in parse_qs(url.query).items()}
-                loki.queries.append(params)
-                status, body = answer(loki.entries(), params)
-                payload = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args):
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+    def __call__(self, params: dict[str, str]) -> tuple[int, dict]:
+        self.queries.append(params)
+        return answer(self.entries(), params)

@@ -60,7 +60,7 @@ class OtlpReceiver:
 
     With `dump_dir`, every export request is also written there as it came (`read_dumps` decodes them
     again): for a receiver that runs in another process, such as inside the cluster tier's network
-    namespace. `queries` answers GET requests on the same HTTP port, path -> (query parameters -> (status,
+    namespace. `read_api` answers GET requests on the same HTTP port, path -> (query parameters -> (status,
     JSON body)): the read API of the backend whose address the receiver takes (Loki's query_range)."""
 
     def __init__(
@@ -70,7 +70,7 @@ class OtlpReceiver:
         grpc_port: int | None = None,
         http_port: int | None = None,
         dump_dir: Path | None = None,
-        queries: dict[str, Callable[[dict[str, str]], tuple[int, dict]]] | None = None,
+        read_api: dict[str, Callable[[dict[str, str]], tuple[int, dict]]] | None = None,
     ) -> None:
         self.spans: list[ReceivedSpan] = []
         self.logs: list[ReceivedLog] = []
@@ -83,7 +83,7 @@ class OtlpReceiver:
         self.grpc_port = grpc_port or free_port()
         self.http_port = http_port or free_port()
         self.dump_dir = dump_dir
-        self.queries = queries or {}
+        self.read_api = read_api or {}
         self._dumped = 0
 
     @property
@@ -212,11 +212,11 @@ class OtlpReceiver:
 
             def do_GET(self):  # noqa: N802 (http.server's name)
                 url = urlsplit(self.path)
-                if url.path not in receiver.queries:
+                if url.path not in receiver.read_api:
                     self.send_error(404)
                     return
                 params = {key: values[-1] for key, values in parse_qs(url.query).items()}
-                status, body = receiver.queries[url.path](params)
+                status, body = receiver.read_api[url.path](params)
                 payload = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

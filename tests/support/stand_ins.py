@@ -24,7 +24,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from support.loki_contract import Entry, answer, ingested
+from support.loki_contract import QUERY_RANGE, Entry, QueryApi, ingested
 from support.otlp_receiver import OtlpReceiver
 from support.stack import loki_index_attributes
 
@@ -68,7 +68,7 @@ def main() -> None:
         (out / name).mkdir(parents=True)
     tempo = OtlpReceiver(host=host, grpc_port=tempo_port, dump_dir=out / "tempo").start()
     loki = OtlpReceiver(http_prefix="/otlp", host=host, http_port=loki_port, dump_dir=out / "loki")
-    loki.queries["/loki/api/v1/query_range"] = lambda params: answer(stored(loki), params)
+    loki.read_api[QUERY_RANGE] = QueryApi(lambda: stored(loki))
     loki.start()
     alerts = webhook(host, webhook_port, out / "alerts")
     (out / "ready").touch()
