@@ -29,6 +29,7 @@ import pytest
 from newsgroups_classifier.config import RetrainingSettings, TriggerSettings
 from newsgroups_classifier.data import load_split
 from newsgroups_classifier.retraining import MODEL_TAG_ANNOTATION
+from newsgroups_classifier.retraining_trigger import ALERTS_PATH
 from support import feedback_scenarios
 from support.cluster_node import INSIDE
 from support.cluster_service import DEPLOYMENT, NAMESPACE, SERVICE, ready_pods
@@ -108,7 +109,7 @@ def scraped(cluster) -> bool:
 
 def start_from_nothing(cluster) -> str:
     """Each test's own "before": no retraining runs or ran within the cooldown (finished Jobs deleted: the
-    trigger reads the cooldown from them), no model alert is active, every pod has been scraped, and the
+    trigger reads the cooldown from them), no drift alert is active, every pod has been scraped, and the
     Job exports only what comes from now on (FEEDBACK_SINCE, an RFC 3339 time). Returns that time."""
     poll_until(
         lambda: not [j for j in jobs(cluster) if not finished(j)], timeout=600, interval=2, what="no Job"
@@ -294,7 +295,8 @@ def test_a_drift_alert_retrains_gates_and_rolls_out_the_new_model_without_a_fail
 
         # The rollout (the Job started it as it ended): every pod replaced, each serving the new version.
         poll_until(lambda: rolled_out_to(cluster, new_version), timeout=600, interval=2, what="the rollout")
-        rollout_seconds = time.time() - datetime.fromisoformat(job["status"]["completionTime"]).timestamp()
+        completed = datetime.fromisoformat(job["status"]["completionTime"])
+        rollout_seconds = time.time() - completed.timestamp()
     finally:
         result = traffic.stop()
     assert result["failed"] == [], result
@@ -309,10 +311,7 @@ def test_a_drift_alert_retrains_gates_and_rolls_out_the_new_model_without_a_fail
     init_log = cluster.kubectl("-n", NAMESPACE, "logs", new_pod, "-c", "fetch-model").stdout
     assert [json.loads(line)["model_tag"] for line in init_log.splitlines()] == [new_tag]
 
-    job_seconds = (
-        datetime.fromisoformat(job["status"]["completionTime"])
-        - datetime.fromisoformat(job["status"]["startTime"])
-    ).total_seconds()
+    job_seconds = (completed - datetime.fromisoformat(job["status"]["startTime"])).total_seconds()
     print(
         f"\nretraining: alert -> Job {alert_to_job:.0f} s after the traffic, Job {job_seconds:.0f} s, "
         f"rollout {rollout_seconds:.0f} s, {result['ok']} requests during it, 0 failed; "
@@ -416,7 +415,7 @@ def notification(status: str, fingerprint: str) -> dict:
 
 
 def post_to_trigger(cluster, payload: dict) -> dict:
-    url = f"{service_url(cluster, 'newsgroups-retraining-trigger', TRIGGER.trigger_port)}/alerts"
+    url = service_url(cluster, "newsgroups-retraining-trigger", TRIGGER.trigger_port) + ALERTS_PATH
     out = cluster.curl(
         "-X", "POST", "-H", "Content-Type: application/json", "--data", json.dumps(payload), url
     )
